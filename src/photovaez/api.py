@@ -1,0 +1,150 @@
+"""Table-level entry points: train a model dict from catalogues, and estimate PDFs with one.
+
+These glue the core pieces together (features -> training -> model dict; model dict -> PDFs on a
+grid with point estimates).  The RAIL stages, the command line and the benchmarks call them.
+Tables are anything with named columns: a dict of arrays, a pandas DataFrame, an astropy Table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .features import FeatureSpec, Photometry, Scaler, affine_map, clean_photometry, features, fit_scaler
+from .grid import normalise, point_estimates
+from .io import model_from_dict, model_to_dict, validate_model_dict
+from .model import ModelConfig
+from .train import TrainConfig, TrainingArrays, train_sdgm
+
+__all__ = ["split_labelled", "fit", "Predictor", "load_predictor", "estimate"]
+
+log = logging.getLogger("photovaez")
+
+
+def _n_rows(table: Mapping[str, Any]) -> int:
+    for k in table.keys():
+        return len(np.asarray(table[k]))
+    return 0
+
+
+def split_labelled(table: Mapping[str, Any], redshift_col: str | None) -> np.ndarray:
+    """Labelled mask of a table: rows whose ``redshift_col`` is finite and > 0.  A table without
+    that column (or ``redshift_col=None``) is all unlabelled."""
+    n = _n_rows(table)
+    if not redshift_col or redshift_col not in table:
+        return np.zeros(n, bool)
+    z = np.asarray(table[redshift_col], dtype=np.float64)
+    return np.isfinite(z) & (z > 0)
+
+
+def _training_arrays(phot: Photometry, z: np.ndarray, labelled: np.ndarray) -> TrainingArrays:
+    errors = np.concatenate([phot.errs, np.zeros_like(phot.extras)], axis=1)
+    return TrainingArrays(phot.values, errors, np.where(labelled, z, np.nan), labelled)
+
+
+def fit(
+    labelled_table: Mapping[str, Any],
+    unlabelled_table: Mapping[str, Any] | None = None,
+    spec: FeatureSpec | None = None,
+    model_config: ModelConfig | Mapping[str, Any] | None = None,
+    train_config: TrainConfig | Mapping[str, Any] | None = None,
+    redshift_col: str = "redshift",
+) -> dict:
+    """Train PhotoVAEz and return the plain model dict (see :mod:`photovaez.io`).
+
+    Parameters
+    ----------
+    labelled_table
+        Photometry with redshifts.  Rows whose ``redshift_col`` is NaN or <= 0 are used as
+        unlabelled galaxies.
+    unlabelled_table
+        Optional photometry without (usable) redshifts; it must have the feature columns.
+    spec
+        Feature specification (default: the ``lsst`` preset).
+    model_config, train_config
+        Network and training settings (objects or dicts; ``dim_x`` is set from the spec).
+    """
+    spec = spec or FeatureSpec()
+    mc = model_config if isinstance(model_config, ModelConfig) else ModelConfig(**{**dict(model_config or {}), "dim_x": spec.dim})
+    mc.dim_x = spec.dim
+    tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config or {}))
+
+    lab_mask = split_labelled(labelled_table, redshift_col)
+    if redshift_col not in labelled_table:
+        raise KeyError(f"column {redshift_col!r} (redshift_col) is missing from the training table")
+    phot = clean_photometry(labelled_table, spec)
+    z = np.asarray(labelled_table[redshift_col], dtype=np.float64)
+    if unlabelled_table is not None and _n_rows(unlabelled_table) > 0:
+        try:
+            up = clean_photometry(unlabelled_table, spec)
+        except KeyError as exc:
+            raise KeyError(f"unlabelled table: {exc.args[0]}") from None
+        phot = Photometry(*(np.concatenate([a, b]) for a, b in zip(
+            (phot.mags, phot.errs, phot.extras, phot.nondetect), (up.mags, up.errs, up.extras, up.nondetect))))
+        z = np.concatenate([z, np.full(len(up), np.nan)])
+        lab_mask = np.concatenate([lab_mask, np.zeros(len(up), bool)])
+    if lab_mask.sum() == 0:
+        raise ValueError(f"no labelled galaxies: column {redshift_col!r} has no finite value > 0")
+    log.info("training on %d labelled and %d unlabelled galaxies", lab_mask.sum(), (~lab_mask).sum())
+    scaler = fit_scaler(phot, spec)
+    model, report = train_sdgm(_training_arrays(phot, z, lab_mask), affine_map(spec, scaler), mc, tc)
+    return model_to_dict(model, spec, scaler, tc, report)
+
+
+@dataclass
+class Predictor:
+    """A loaded model ready to estimate: the torch network, its features and their scaling."""
+
+    model_dict: dict
+    spec: FeatureSpec
+    scaler: Scaler
+    model: Any
+
+    def features(self, table: Mapping[str, Any]) -> tuple[np.ndarray, Photometry]:
+        phot = clean_photometry(table, self.spec)
+        return features(phot, self.spec, self.scaler), phot
+
+
+def load_predictor(model_dict: Mapping[str, Any]) -> Predictor:
+    """Build a :class:`Predictor` from a model dict (validated)."""
+    d = validate_model_dict(dict(model_dict))
+    return Predictor(d, FeatureSpec.from_dict(d["feature_spec"]), Scaler.from_dict(d["scaler"]), model_from_dict(d))
+
+
+def estimate(
+    predictor: Predictor,
+    table: Mapping[str, Any],
+    zgrid: np.ndarray,
+    n_b: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Amortised PDFs of a table on ``zgrid``.
+
+    Returns
+    -------
+    pdfs
+        (N, len(zgrid)) densities normalised to unit integral.
+    ancil
+        ``zmode``, ``zmean``, ``zmedian``, ``n_nondetect`` (bands replaced by their limit) and
+        ``pdf_flag`` (0 = fine, 1 = no finite PDF could be made: flat PDF returned,
+        2 = every band was a non-detection).
+    """
+    from .amortized import q_z_given_x_on_grid
+
+    n = _n_rows(table)
+    if n == 0:
+        empty = np.zeros((0, len(zgrid)))
+        return empty, {k: np.zeros(0) for k in ("zmode", "zmean", "zmedian")} | {
+            "n_nondetect": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
+    x, phot = predictor.features(table)
+    raw = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_b, seed=seed, device=device)
+    pdfs, flag = normalise(zgrid, raw)
+    n_nd = phot.nondetect.sum(axis=1).astype(np.int16)
+    flag = np.where((flag == 0) & (n_nd == phot.nondetect.shape[1]), 2, flag).astype(np.int8)
+    ancil = point_estimates(zgrid, pdfs)
+    ancil.update(n_nondetect=n_nd, pdf_flag=flag)
+    return pdfs, ancil

@@ -1,0 +1,71 @@
+"""PDFs on RAIL's redshift grid: the grid, its cells, normalisation and point estimates.
+
+A PDF is stored as its density at the grid points ``zgrid`` (``qp.interp``).  Where a model gives a
+CDF, the density at a grid point is the probability of the point's cell divided by the cell
+width (an exact cell average), so that narrow PDFs keep their mass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["redshift_grid", "cell_edges", "normalise", "point_estimates", "cdf_on_grid"]
+
+
+def redshift_grid(zmin: float, zmax: float, nzbins: int) -> np.ndarray:
+    """RAIL's grid: ``np.linspace(zmin, zmax, nzbins)``."""
+    if not zmax > zmin or nzbins < 2:
+        raise ValueError(f"invalid redshift grid: zmin={zmin}, zmax={zmax}, nzbins={nzbins} (need zmax > zmin, nzbins >= 2)")
+    return np.linspace(zmin, zmax, nzbins)
+
+
+def cell_edges(zgrid: np.ndarray) -> np.ndarray:
+    """Edges of the cells centred on the grid points (len(zgrid) + 1); the first edge is >= 0."""
+    mids = 0.5 * (zgrid[1:] + zgrid[:-1])
+    first = zgrid[0] - (mids[0] - zgrid[0])
+    last = zgrid[-1] + (zgrid[-1] - mids[-1])
+    return np.concatenate([[max(first, 0.0)], mids, [last]])
+
+
+def normalise(zgrid: np.ndarray, pdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise densities on the grid to unit trapezoid integral.
+
+    Returns the normalised PDFs and a flag per row: 1 where the input was not finite or had no
+    mass (that row is returned flat, the uninformative PDF), else 0.
+    """
+    pdf = np.asarray(pdf, dtype=np.float64)
+    bad = ~np.all(np.isfinite(pdf), axis=1) | np.any(pdf < 0, axis=1)
+    pdf = np.where(bad[:, None], 0.0, pdf)
+    norm = np.trapezoid(pdf, zgrid, axis=1)
+    bad |= ~(norm > 0)
+    pdf = np.where(bad[:, None], 1.0, pdf)
+    norm = np.trapezoid(pdf, zgrid, axis=1)
+    return pdf / norm[:, None], bad.astype(np.int8)
+
+
+def cdf_on_grid(zgrid: np.ndarray, pdf: np.ndarray) -> np.ndarray:
+    """Cumulative trapezoid integral of normalised PDFs, (N, len(zgrid)), ending at 1."""
+    inc = 0.5 * (pdf[:, 1:] + pdf[:, :-1]) * np.diff(zgrid)[None, :]
+    cdf = np.concatenate([np.zeros((pdf.shape[0], 1)), np.cumsum(inc, axis=1)], axis=1)
+    return cdf / np.maximum(cdf[:, -1:], 1e-300)
+
+
+def point_estimates(zgrid: np.ndarray, pdf: np.ndarray) -> dict[str, np.ndarray]:
+    """``zmode`` (grid maximum refined by a parabola through its neighbours), ``zmean`` and
+    ``zmedian`` of normalised PDFs on the grid."""
+    n, nz = pdf.shape
+    k = np.argmax(pdf, axis=1)
+    kc = np.clip(k, 1, nz - 2)
+    rows = np.arange(n)
+    ym, y0, yp = pdf[rows, kc - 1], pdf[rows, kc], pdf[rows, kc + 1]
+    denom = ym - 2 * y0 + yp
+    dz = zgrid[kc + 1] - zgrid[kc]
+    shift = np.where((denom < 0) & (k == kc), 0.5 * (ym - yp) / np.where(denom < 0, denom, -1.0), 0.0)
+    zmode = np.where(k == kc, zgrid[kc] + np.clip(shift, -0.5, 0.5) * dz, zgrid[k])
+    zmean = np.trapezoid(pdf * zgrid[None, :], zgrid, axis=1) / np.trapezoid(pdf, zgrid, axis=1)
+    cdf = cdf_on_grid(zgrid, pdf)
+    j = np.clip(np.argmax(cdf >= 0.5, axis=1), 1, nz - 1)
+    c0, c1 = cdf[rows, j - 1], cdf[rows, j]
+    t = np.where(c1 > c0, (0.5 - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0)
+    zmedian = zgrid[j - 1] + t * (zgrid[j] - zgrid[j - 1])
+    return {"zmode": zmode, "zmean": zmean, "zmedian": zmedian}

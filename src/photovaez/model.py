@@ -1,0 +1,201 @@
+"""The Skip Deep Generative Model of SPEC.md in PyTorch.
+
+Generative model (decoder)::
+
+    p(x, z, a, b) = p(x | a, b, z) p(b | a, z) p(a) p(z)
+    p(a) = N(0, I),  p(z) = LogNormal(mu_z, sigma_z^2)  (mu_z, log sigma_z^2 trained)
+
+Inference model (encoder)::
+
+    q(b | x),  q(z | b, x) = LogNormal(...),  q(a | x, b, z)
+
+Each conditional is one :class:`GaussianMLP`: hidden layers (512, 256, 128 by default) and a
+linear output of D means plus one shared log-variance (or D log-variances with
+``per_dim_variance``).  Networks that take z see the standardised ``log z``.  Densities are
+``torch.distributions`` objects, so log-normal log-densities include the 1/z Jacobian.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.distributions import Independent, LogNormal, Normal
+
+__all__ = ["ModelConfig", "GaussianMLP", "SDGM", "soft_clamp", "ACTIVATIONS"]
+
+ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and options of the SDGM networks.
+
+    Parameters
+    ----------
+    dim_x
+        Number of input features D_x (set from the feature spec).
+    dim_a, dim_b
+        Latent and auxiliary dimensions A and B (SPEC: 10 each).
+    hidden
+        Hidden-layer widths of every network (SPEC: 512, 256, 128).
+    activation
+        Hidden-layer nonlinearity: ``silu`` (default; smooth, so log p(x, z) is smooth in z for
+        HMC), ``tanh``, ``relu`` or ``gelu``.
+    per_dim_variance
+        One log-variance per output dimension instead of one shared value.
+    logvar_min, logvar_max
+        Soft bounds of every network's log-variance (numerical safety).
+    x_logvar_min
+        Lower soft bound of the decoder p(x|a,b,z) log-variance (features are standardised).
+    """
+
+    dim_x: int = 11
+    dim_a: int = 10
+    dim_b: int = 10
+    hidden: list[int] = field(default_factory=lambda: [512, 256, 128])
+    activation: str = "silu"
+    per_dim_variance: bool = False
+    logvar_min: float = -9.0
+    logvar_max: float = 4.0
+    x_logvar_min: float = -7.0
+
+    def __post_init__(self) -> None:
+        self.hidden = [int(h) for h in self.hidden]
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"ModelConfig.activation: {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        for name in ("dim_x", "dim_a", "dim_b"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.logvar_min < self.logvar_max or not self.x_logvar_min < self.logvar_max:
+            raise ValueError("ModelConfig: logvar_min and x_logvar_min must be below logvar_max")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**dict(d))
+
+
+def soft_clamp(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Smoothly keep ``v`` within (lo, hi): identity well inside, softplus at the edges."""
+    v = lo + nn.functional.softplus(v - lo)
+    return hi - nn.functional.softplus(hi - v)
+
+
+class GaussianMLP(nn.Module):
+    """MLP giving the mean and log-variance of a diagonal Gaussian over ``out_dim`` dimensions.
+
+    The inputs are concatenated.  The last layer has ``out_dim + 1`` units (shared variance) or
+    ``2 * out_dim`` (per-dimension variance), no activation.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: list[int],
+        activation: str = "silu",
+        per_dim_variance: bool = False,
+        logvar_min: float = -9.0,
+        logvar_max: float = 4.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.out_dim = out_dim
+        self.per_dim_variance = per_dim_variance
+        self.head = nn.Linear(width, out_dim * 2 if per_dim_variance else out_dim + 1)
+        self.logvar_min = logvar_min
+        self.logvar_max = logvar_max
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.head(self.body(torch.cat(inputs, dim=-1)))
+        mu, raw = h[..., : self.out_dim], h[..., self.out_dim :]
+        logvar = soft_clamp(raw, self.logvar_min, self.logvar_max).expand_as(mu)
+        return mu, logvar
+
+
+def _normal(mu: torch.Tensor, logvar: torch.Tensor) -> Independent:
+    return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+class SDGM(nn.Module):
+    """Skip Deep Generative Model over (x, z, a, b); the names follow SPEC.md.
+
+    Buffers ``logz_mean`` / ``logz_std`` standardise ``log z`` for the networks that take z.
+    Parameters ``prior_mu_z`` / ``prior_log_sigma2_z`` define p(z).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        X, A, B = config.dim_x, config.dim_a, config.dim_b
+        kw = dict(
+            hidden=config.hidden,
+            activation=config.activation,
+            per_dim_variance=config.per_dim_variance,
+            logvar_min=config.logvar_min,
+            logvar_max=config.logvar_max,
+        )
+        self.q_b_given_x_net = GaussianMLP(X, B, **kw)
+        self.q_z_given_bx_net = GaussianMLP(X + B, 1, **kw)
+        self.q_a_given_xbz_net = GaussianMLP(X + B + 1, A, **kw)
+        self.p_b_given_az_net = GaussianMLP(A + 1, B, **kw)
+        self.p_x_given_abz_net = GaussianMLP(A + B + 1, X, **{**kw, "logvar_min": config.x_logvar_min})
+        self.prior_mu_z = nn.Parameter(torch.tensor(0.0))
+        self.prior_log_sigma2_z = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("logz_mean", torch.tensor(0.0))
+        self.register_buffer("logz_std", torch.tensor(1.0))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def z_input(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised ``log z`` as a column, the z input of the networks."""
+        return ((torch.log(z) - self.logz_mean) / self.logz_std).unsqueeze(-1)
+
+    def set_redshift_scale(self, logz_mean: float, logz_std: float) -> None:
+        """Set the log-z standardisation and initialise p(z) at the same log-normal."""
+        with torch.no_grad():
+            self.logz_mean.fill_(float(logz_mean))
+            self.logz_std.fill_(float(logz_std))
+            self.prior_mu_z.fill_(float(logz_mean))
+            self.prior_log_sigma2_z.fill_(float(2.0 * torch.log(torch.tensor(logz_std))))
+
+    # -- distributions ---------------------------------------------------------------------
+    def p_a(self, like: torch.Tensor) -> Independent:
+        """p(a) = N(0, I), batch shape of ``like`` without its last axis."""
+        shape = like.shape[:-1] + (self.config.dim_a,)
+        zeros = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+
+    def p_z(self) -> LogNormal:
+        """p(z) = LogNormal(mu_z, sigma_z^2) with trained parameters."""
+        return LogNormal(self.prior_mu_z, torch.exp(0.5 * self.prior_log_sigma2_z))
+
+    def q_b_given_x(self, x: torch.Tensor) -> Independent:
+        return _normal(*self.q_b_given_x_net(x))
+
+    def q_z_given_bx(self, b: torch.Tensor, x: torch.Tensor) -> LogNormal:
+        mu, logvar = self.q_z_given_bx_net(x, b)
+        return LogNormal(mu[..., 0], torch.exp(0.5 * logvar[..., 0]))
+
+    def q_a_given_xbz(self, x: torch.Tensor, b: torch.Tensor, z: torch.Tensor) -> Independent:
+        return _normal(*self.q_a_given_xbz_net(x, b, self.z_input(z)))
+
+    def p_b_given_az(self, a: torch.Tensor, z: torch.Tensor) -> Independent:
+        return _normal(*self.p_b_given_az_net(a, self.z_input(z)))
+
+    def p_x_given_abz(self, a: torch.Tensor, b: torch.Tensor, z: torch.Tensor) -> Independent:
+        return _normal(*self.p_x_given_abz_net(a, b, self.z_input(z)))
