@@ -28,6 +28,7 @@ from .model import SDGM
 __all__ = ["alpha_weight", "labelled_terms", "unlabelled_terms", "batch_loss"]
 
 Terms = Dict[str, torch.Tensor]
+Noise = Dict[str, torch.Tensor]
 
 
 def alpha_weight(n_labelled: int, n_unlabelled: int) -> float:
@@ -41,18 +42,36 @@ def _expand(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.unsqueeze(0).expand((n,) + tuple(x.shape))
 
 
-def labelled_terms(model: SDGM, x: torch.Tensor, z: torch.Tensor, alpha: float, n_samples: int = 1) -> Terms:
+def _draw(dist, eps: torch.Tensor | None) -> torch.Tensor:
+    """Reparameterised draw: ``mean + stddev * eps`` (``eps`` given) or ``dist.rsample()``."""
+    if eps is None:
+        return dist.rsample()
+    return dist.mean + dist.stddev * eps
+
+
+def labelled_terms(
+    model: SDGM,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    alpha: float,
+    n_samples: int = 1,
+    noise: Noise | None = None,
+) -> Terms:
     """Per-galaxy terms of S~(x, z), each averaged over ``n_samples`` draws.
+
+    ``noise`` optionally fixes the standard-normal draws: ``{"b": (S, N, B), "a": (S, N, A)}``.
 
     Returns a dict of (N,) tensors: the log-densities ``log_px`` (log p(x|a,b,z)), ``log_pb``,
     ``log_pa``, ``log_pz``, ``log_qa``, ``log_qb``, ``log_qz`` (log q(z|b,x) at the true z),
     and ``S`` and ``S_tilde``.
     """
+    noise = noise or {}
     xs, zs = _expand(x, n_samples), _expand(z, n_samples)
-    b = model.q_b_given_x(xs).rsample()
-    log_qb = model.q_b_given_x(xs).log_prob(b)
+    q_b = model.q_b_given_x(xs)
+    b = _draw(q_b, noise.get("b"))
+    log_qb = q_b.log_prob(b)
     q_a = model.q_a_given_xbz(xs, b, zs)
-    a = q_a.rsample()
+    a = _draw(q_a, noise.get("a"))
     t = {
         "log_px": model.p_x_given_abz(a, b, zs).log_prob(xs),
         "log_pb": model.p_b_given_az(a, zs).log_prob(b),
@@ -68,15 +87,19 @@ def labelled_terms(model: SDGM, x: torch.Tensor, z: torch.Tensor, alpha: float, 
     return t
 
 
-def unlabelled_terms(model: SDGM, x: torch.Tensor, n_samples: int = 1) -> Terms:
-    """Per-galaxy terms of P(x), each averaged over ``n_samples`` draws (dict of (N,) tensors)."""
+def unlabelled_terms(model: SDGM, x: torch.Tensor, n_samples: int = 1, noise: Noise | None = None) -> Terms:
+    """Per-galaxy terms of P(x), each averaged over ``n_samples`` draws (dict of (N,) tensors).
+
+    ``noise`` optionally fixes the draws: ``{"b": (S, N, B), "z": (S, N), "a": (S, N, A)}``
+    (z = exp(mu + sigma * eps_z))."""
+    noise = noise or {}
     xs = _expand(x, n_samples)
     q_b = model.q_b_given_x(xs)
-    b = q_b.rsample()
+    b = _draw(q_b, noise.get("b"))
     q_z = model.q_z_given_bx(b, xs)
-    z = q_z.rsample()
+    z = q_z.rsample() if noise.get("z") is None else torch.exp(q_z.loc + q_z.scale * noise["z"])
     q_a = model.q_a_given_xbz(xs, b, z)
-    a = q_a.rsample()
+    a = _draw(q_a, noise.get("a"))
     t = {
         "log_px": model.p_x_given_abz(a, b, z).log_prob(xs),
         "log_pb": model.p_b_given_az(a, z).log_prob(b),
@@ -100,6 +123,7 @@ def batch_loss(
     labelled: torch.Tensor,
     alpha: float,
     n_samples: int = 1,
+    noise: Noise | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mini-batch estimate of J / (N_s + N_p).
 
@@ -113,6 +137,9 @@ def batch_loss(
         Boolean mask (n,).
     alpha
         :func:`alpha_weight` of the full training set.
+    noise
+        Optional fixed draws for every galaxy of the batch: ``{"b": (S, n, B), "a": (S, n, A),
+        "z": (S, n)}`` (for tests and deterministic evaluation).
 
     Returns
     -------
@@ -126,11 +153,13 @@ def batch_loss(
     total = x.new_zeros(())
     report: dict[str, float] = {"n_labelled": float(labelled.sum())}
     if labelled.any():
-        tl = labelled_terms(model, x[labelled], z[labelled], alpha, n_samples)
+        nl = {k: v[:, labelled] for k, v in noise.items() if k != "z"} if noise else None
+        tl = labelled_terms(model, x[labelled], z[labelled], alpha, n_samples, nl)
         total = total + tl["S_tilde"].sum()
         report.update({f"labelled/{k}": float(v.detach().mean()) for k, v in tl.items()})
     if (~labelled).any():
-        tu = unlabelled_terms(model, x[~labelled], n_samples)
+        nu = {k: v[:, ~labelled] for k, v in noise.items()} if noise else None
+        tu = unlabelled_terms(model, x[~labelled], n_samples, nu)
         total = total + tu["P"].sum()
         report.update({f"unlabelled/{k}": float(v.detach().mean()) for k, v in tu.items()})
     loss = total / n

@@ -24,7 +24,7 @@ import torch
 from .loss import alpha_weight, batch_loss
 from .model import SDGM, ModelConfig
 
-__all__ = ["TrainConfig", "TrainingArrays", "GradientSkipper", "resolve_device", "train_sdgm"]
+__all__ = ["TrainConfig", "TrainingArrays", "GradientSkipper", "resample_values", "resolve_device", "train_sdgm"]
 
 log = logging.getLogger("photovaez")
 
@@ -184,6 +184,15 @@ class GradientSkipper:
         return self.n_skipped / max(self.n_steps, 1)
 
 
+def resample_values(values: torch.Tensor, errors: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Photometric-error resampling: ``v' = v + scale * sigma * eps``, eps ~ N(0, 1) per entry.
+
+    Extra columns have zero error and stay put.  Features computed from ``v'`` with the affine map
+    (colours included) are then those of the resampled magnitudes."""
+    eps = torch.randn(values.shape, generator=generator).to(values.device)
+    return values + scale * errors * eps
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int, final_fraction: float):
     def f(step: int) -> float:
         if step < warmup_steps:
@@ -302,8 +311,7 @@ def train_sdgm(
             idx = perm[s : s + config.batch_size]
             v = v_tr[idx]
             if config.resample:
-                eps = torch.randn(v.shape, generator=gen).to(device)
-                v = v + config.resample_scale * e_tr[idx] * eps
+                v = resample_values(v, e_tr[idx], config.resample_scale, gen)
             loss, _ = batch_loss(model, v @ W + c, z_tr[idx], l_tr[idx], alpha, config.n_mc_train)
             opt.zero_grad(set_to_none=True)
             if torch.isfinite(loss):

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from photovaez.amortized import fixed_normal_draws, q_z_given_x_on_grid
+from photovaez.grid import cell_edges, normalise, point_estimates, redshift_grid
+from photovaez.model import SDGM, ModelConfig
+
+
+def test_grid_and_cells():
+    z = redshift_grid(0.0, 3.0, 301)
+    e = cell_edges(z)
+    assert e[0] == 0.0 and e[-1] == pytest.approx(3.005) and len(e) == 302
+    np.testing.assert_allclose(e[1:-1], z[:-1] + 0.005)
+    with pytest.raises(ValueError, match="zmax"):
+        redshift_grid(1.0, 0.5, 10)
+
+
+def test_point_estimates_of_a_gaussian():
+    z = redshift_grid(0.0, 3.0, 301)
+    pdf = stats.norm(1.2345, 0.1).pdf(z)[None, :] * np.ones((2, 1))
+    pdf, flag = normalise(z, pdf)
+    pe = point_estimates(z, pdf)
+    np.testing.assert_allclose(pe["zmode"], 1.2345, atol=2e-3)
+    np.testing.assert_allclose(pe["zmean"], 1.2345, atol=1e-4)
+    np.testing.assert_allclose(pe["zmedian"], 1.2345, atol=1e-3)
+    skew = stats.lognorm(s=0.5, scale=0.8)
+    p2, _ = normalise(z, skew.pdf(z)[None, :])
+    pe2 = point_estimates(z, p2)
+    assert pe2["zmedian"][0] == pytest.approx(skew.median(), abs=3e-3)
+    assert pe2["zmode"][0] == pytest.approx(0.8 * np.exp(-0.25), abs=5e-3)
+    assert flag.tolist() == [0, 0]
+
+
+def test_normalise_flags_bad_rows():
+    z = redshift_grid(0.0, 1.0, 11)
+    pdf = np.stack([np.ones(11), np.zeros(11), np.full(11, np.nan)])
+    out, flag = normalise(z, pdf)
+    assert flag.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(np.trapezoid(out, z, axis=1), 1.0)
+
+
+def test_amortised_pdf_is_the_cell_averaged_lognormal_mixture():
+    torch.manual_seed(1)
+    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8])).eval()
+    m.set_redshift_scale(np.log(0.7), 0.4)
+    x = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)
+    z = redshift_grid(0.0, 3.0, 61)
+    n_b = 5
+    got = q_z_given_x_on_grid(m, x, z, n_b=n_b, seed=4)
+    eps = fixed_normal_draws(n_b, 2, 4)
+    edges = cell_edges(z)
+    with torch.no_grad():
+        xt = torch.as_tensor(x)
+        mu_b, lv_b = m.q_b_given_x_net(xt)
+        for i in range(3):
+            comps = []
+            for k in range(n_b):
+                b = mu_b[i] + torch.exp(0.5 * lv_b[i]) * eps[k]
+                mu, lv = m.q_z_given_bx_net(xt[i : i + 1], b[None])
+                comps.append(stats.lognorm(s=float(np.exp(0.5 * lv[0, 0])), scale=float(np.exp(mu[0, 0]))))
+            for j in (0, 10, 30, 60):
+                mass = np.mean([integrate.quad(c.pdf, edges[j], edges[j + 1])[0] for c in comps])
+                assert got[i, j] == pytest.approx(mass / (edges[j + 1] - edges[j]), rel=1e-4, abs=1e-8)
+
+
+def test_amortised_pdfs_do_not_depend_on_batching():
+    torch.manual_seed(2)
+    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8])).eval()
+    x = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
+    z = redshift_grid(0.0, 3.0, 31)
+    a = q_z_given_x_on_grid(m, x, z, batch_size=7)
+    b = np.concatenate([q_z_given_x_on_grid(m, x[:20], z), q_z_given_x_on_grid(m, x[20:], z)])
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)

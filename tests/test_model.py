@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from photovaez.model import SDGM, GaussianMLP, ModelConfig, soft_clamp
+
+
+def small_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(dim_x=4, dim_a=3, dim_b=2, hidden=[16, 8], **kw)
+    m = SDGM(cfg)
+    m.set_redshift_scale(np.log(0.5), 0.6)
+    return m
+
+
+def test_shared_and_per_dimension_variance():
+    torch.manual_seed(0)
+    x = torch.randn(7, 5)
+    mu, lv = GaussianMLP(5, 3, [8])(x)
+    assert mu.shape == lv.shape == (7, 3)
+    assert torch.all(lv == lv[:, :1])
+    mu, lv = GaussianMLP(5, 3, [8], per_dim_variance=True)(x)
+    assert not torch.allclose(lv[:, 0], lv[:, 1])
+
+
+def test_soft_clamp_bounds_and_identity_inside():
+    v = torch.linspace(-100, 100, 1001)
+    c = soft_clamp(v, -9.0, 4.0)
+    assert c.min() >= -9.0 - 1e-5 and c.max() <= 4.0 + 1e-5
+    mid = torch.tensor([-2.0, 0.0, 1.0])
+    torch.testing.assert_close(soft_clamp(mid, -30.0, 30.0), mid, atol=1e-6, rtol=0)
+
+
+def test_gaussian_log_densities_match_scipy():
+    m = small_model()
+    x = torch.randn(6, 4)
+    q_b = m.q_b_given_x(x)
+    b = q_b.sample()
+    mu, lv = m.q_b_given_x_net(x)
+    ref = stats.norm(mu.detach().numpy(), np.exp(0.5 * lv.detach().numpy())).logpdf(b.numpy()).sum(1)
+    np.testing.assert_allclose(q_b.log_prob(b).detach().numpy(), ref, rtol=1e-5)
+    a = torch.randn(6, 3)
+    z = torch.rand(6) + 0.1
+    mu, lv = m.p_x_given_abz_net(a, b, m.z_input(z))
+    ref = stats.norm(mu.detach().numpy(), np.exp(0.5 * lv.detach().numpy())).logpdf(x.numpy()).sum(1)
+    np.testing.assert_allclose(m.p_x_given_abz(a, b, z).log_prob(x).detach().numpy(), ref, rtol=1e-5)
+    ref = stats.norm(0, 1).logpdf(a.numpy()).sum(1)
+    np.testing.assert_allclose(m.p_a(a).log_prob(a).numpy(), ref, rtol=1e-5)
+
+
+def test_lognormal_densities_include_jacobian():
+    m = small_model()
+    x = torch.randn(5, 4)
+    b = torch.randn(5, 2)
+    z = torch.tensor([0.05, 0.3, 0.9, 1.7, 2.9])
+    q = m.q_z_given_bx(b, x)
+    mu, lv = m.q_z_given_bx_net(x, b)
+    s = np.exp(0.5 * lv[:, 0].detach().numpy())
+    ref = stats.lognorm(s=s, scale=np.exp(mu[:, 0].detach().numpy())).logpdf(z.numpy())
+    np.testing.assert_allclose(q.log_prob(z).detach().numpy(), ref, rtol=1e-5)
+    # the density integrates to one over z (Jacobian included), brute force
+    zz = torch.linspace(1e-4, 40, 400001)
+    dens = torch.exp(m.p_z().log_prob(zz)).detach().numpy()
+    assert abs(np.trapezoid(dens, zz.numpy()) - 1) < 1e-3
+    pz = stats.lognorm(s=np.exp(0.5 * m.prior_log_sigma2_z.item()), scale=np.exp(m.prior_mu_z.item()))
+    np.testing.assert_allclose(m.p_z().log_prob(z).detach().numpy(), pz.logpdf(z.numpy()), rtol=1e-5)
+
+
+def test_prior_initialised_from_redshift_scale_and_trainable():
+    m = small_model()
+    assert m.prior_mu_z.requires_grad and m.prior_log_sigma2_z.requires_grad
+    assert m.prior_mu_z.item() == pytest.approx(np.log(0.5))
+    assert np.exp(0.5 * m.prior_log_sigma2_z.item()) == pytest.approx(0.6, rel=1e-5)
+    z = torch.tensor([0.5, 0.5 * np.exp(0.6)], dtype=torch.float32)
+    torch.testing.assert_close(m.z_input(z)[:, 0], torch.tensor([0.0, 1.0]), atol=1e-5, rtol=0)
+
+
+def test_network_input_sizes():
+    m = small_model()
+    assert m.q_z_given_bx_net.body[0].in_features == 4 + 2
+    assert m.q_a_given_xbz_net.body[0].in_features == 4 + 2 + 1
+    assert m.p_b_given_az_net.body[0].in_features == 3 + 1
+    assert m.p_x_given_abz_net.body[0].in_features == 3 + 2 + 1
+    with pytest.raises(ValueError, match="activation"):
+        ModelConfig(activation="swish9")
+    with pytest.raises(ValueError, match="unknown keys"):
+        ModelConfig.from_dict({"hiden": [3]})

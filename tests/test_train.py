@@ -1,0 +1,126 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from photovaez.features import FeatureSpec, affine_map, clean_photometry, fit_scaler
+from photovaez.model import SDGM, ModelConfig
+from photovaez.train import GradientSkipper, TrainConfig, TrainingArrays, resample_values, train_sdgm
+
+SMALL = ModelConfig(dim_x=11, dim_a=3, dim_b=3, hidden=[16, 16])
+
+
+def _data(dc2_tables, n_lab=200, n=300):
+    t = dc2_tables[0]
+    spec = FeatureSpec()
+    tab = {k: v[:n] for k, v in t.items()}
+    p = clean_photometry(tab, spec)
+    z = tab["redshift"].astype(float).copy()
+    lab = np.arange(n) < n_lab
+    z[~lab] = np.nan
+    errors = np.concatenate([p.errs, np.zeros_like(p.extras)], axis=1)
+    return TrainingArrays(p.values, errors, z, lab), affine_map(spec, fit_scaler(p, spec))
+
+
+def _cfg(**kw):
+    base = dict(epochs=3, batch_size=64, progress=False, validation_fraction=0.2, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_gradient_skipper_counts_and_thresholds():
+    s = GradientSkipper(threshold=10.0)
+    assert s.accept(5.0)
+    assert not s.accept(1e6)
+    assert not s.accept(math.nan)
+    assert not s.accept(math.inf)
+    assert (s.n_steps, s.n_skipped, s.n_nonfinite) == (4, 3, 2)
+    a = GradientSkipper(threshold=None, factor=10.0, warmup=5)
+    for _ in range(5):
+        assert a.accept(1.0)
+    assert a.current_threshold() == pytest.approx(10.0)
+    assert a.accept(9.0) and not a.accept(11.0)
+    assert a.skipped_fraction == pytest.approx(1 / 7)
+
+
+def test_skipped_steps_never_touch_the_weights(dc2_tables):
+    """With a threshold below every gradient norm, every step is skipped: the trained weights are
+    exactly the seeded initial weights and the report counts every step."""
+    data, fmap = _data(dc2_tables)
+    model, rep = train_sdgm(data, fmap, SMALL, _cfg(grad_skip_threshold=1e-12, epochs=2, patience=100))
+    torch.manual_seed(7)
+    init = SDGM(SMALL)
+    for k, v in init.state_dict().items():
+        if k.endswith(("weight", "bias")):
+            torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    assert rep["n_skipped"] == rep["n_steps"] > 0
+    assert rep["skipped_fraction"] == 1.0
+
+
+def test_planted_nonfinite_gradient_is_skipped(dc2_tables, monkeypatch):
+    """A NaN planted into one step's loss is skipped and counted; training carries on."""
+    import photovaez.train as tr
+
+    data, fmap = _data(dc2_tables)
+    calls = {"n": 0}
+    real = tr.batch_loss
+
+    def poisoned(*a, **k):
+        loss, rep = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            loss = loss * float("nan")
+        return loss, rep
+
+    monkeypatch.setattr(tr, "batch_loss", poisoned)
+    model, rep = train_sdgm(data, fmap, SMALL, _cfg(epochs=1, validation_fraction=0.0))
+    assert rep["n_nonfinite"] == 1 and rep["n_skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_fixed_seed_reproduces_the_model(dc2_tables):
+    data, fmap = _data(dc2_tables)
+    m1, r1 = train_sdgm(data, fmap, SMALL, _cfg())
+    m2, r2 = train_sdgm(data, fmap, SMALL, _cfg())
+    m3, _ = train_sdgm(data, fmap, SMALL, _cfg(seed=8))
+    for k in m1.state_dict():
+        torch.testing.assert_close(m1.state_dict()[k], m2.state_dict()[k], rtol=0, atol=0)
+    assert r1["history"] == r2["history"]
+    assert not torch.equal(m1.state_dict()["q_b_given_x_net.head.weight"], m3.state_dict()["q_b_given_x_net.head.weight"])
+
+
+def test_split_alpha_and_early_stopping(dc2_tables):
+    data, fmap = _data(dc2_tables, n_lab=200, n=300)
+    _, rep = train_sdgm(data, fmap, SMALL, _cfg(validation_fraction=0.2, epochs=3))
+    assert rep["n_labelled"] == 160 and rep["n_unlabelled"] == 80 and rep["n_validation"] == 60
+    assert rep["alpha"] == pytest.approx(240 / 160)
+    _, rep = train_sdgm(data, fmap, SMALL, _cfg(epochs=200, patience=2, min_epochs=1, learning_rate=0.3))
+    assert rep["epochs_run"] < 200
+    assert rep["best_val_loss"] == pytest.approx(min(rep["history"]["val_loss"]))
+    assert rep["best_epoch"] == int(np.argmin(rep["history"]["val_loss"])) + 1
+
+
+def test_resampling_draws_from_errors_and_recomputes_colours():
+    spec = FeatureSpec(bands=["a", "b"], err_bands=["ea", "eb"], extra_cols=["ext"])
+    v = torch.tensor([[20.0, 21.0, 0.5]]).repeat(20000, 1)
+    e = torch.tensor([[0.1, 0.3, 0.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    r = resample_values(v, e, 0.5, g)
+    np.testing.assert_allclose(r[:, 0].std().item(), 0.05, rtol=0.03)
+    np.testing.assert_allclose(r[:, 1].std().item(), 0.15, rtol=0.03)
+    np.testing.assert_allclose(r[:, 0].mean().item(), 20.0, atol=0.003)
+    assert torch.all(r[:, 2] == 0.5)  # extra columns are not resampled
+    from photovaez.features import feature_matrix
+
+    x = r.numpy() @ feature_matrix(spec)
+    np.testing.assert_allclose(x[:, 2], r[:, 0] - r[:, 1], rtol=1e-6)  # colour of the resampled mags
+    assert np.std(x[:, 2]) == pytest.approx(np.hypot(0.05, 0.15), rel=0.03)
+
+
+def test_training_requires_labels(dc2_tables):
+    data, fmap = _data(dc2_tables, n_lab=0)
+    with pytest.raises(ValueError, match="labelled"):
+        train_sdgm(data, fmap, SMALL, _cfg())
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainConfig.from_dict({"epoch": 3})
