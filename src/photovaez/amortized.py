@@ -32,7 +32,7 @@ def q_z_given_x_on_grid(
     zgrid: np.ndarray,
     n_b: int = 16,
     seed: int = 0,
-    batch_size: int = 8192,
+    batch_size: int = 2048,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Densities of the amortised q(z|x) at the grid points, (N, len(zgrid)).

@@ -1,0 +1,383 @@
+#!/usr/bin/env python
+"""PhotoVAEz benchmark on RAIL's DC2 test sample (and the SDSS MGS sample when it is there).
+
+Scenarios (each trained and estimated in its own subprocess, so that one failure cannot stop the
+others and the peak RSS is per scenario):
+
+``full``
+    all 10,225 DC2 training galaxies labelled.
+``scarce``
+    500 labelled (``np.random.default_rng(0).choice(10225, 500, replace=False)``), the other
+    9,725 used as unlabelled photometry.
+``biased``
+    only ``mag_i_lsst < 21.5`` labelled, the rest unlabelled (a bright, incomplete spec-z set).
+``sdss``
+    SDSS MGS (``../shared/data/sdss_mgs`` beside the checkout, or ``$PHOTOVAEZ_SDSS_DIR``): train on ``SDSS_MGS.train`` (5,000), estimate
+    ``SDSS_MGS.test`` (5,000), ``sdss_mgs`` feature preset, grid 0..0.4.
+
+The DC2 scenarios are estimated on all 20,449 validation galaxies on RAIL's default grid
+(``linspace(0, 3, 301)``).  Metrics come from :func:`photovaez.metrics.evaluate` (RAIL/qp
+definitions) with the PDF mode as point estimate; the median's point metrics are kept too.
+
+Outputs: ``<out>/dc2.json``, ``<out>/dc2.md`` and ``<out>/figures/<scenario>_{zphot_zspec,pit}.png``.
+No model file is written.
+
+Usage::
+
+    python benchmarks/dc2.py                        # all scenarios, the core's default epochs
+    python benchmarks/dc2.py --epochs 3 --out /tmp/dc2_quick --scenarios full scarce
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "results")
+SDSS_DIR = os.environ.get("PHOTOVAEZ_SDSS_DIR", os.path.join(HERE, "..", "..", "shared", "data", "sdss_mgs"))
+SDSS_COLUMNS = ["zs", "u", "g", "r", "i", "z", "u-g", "g-r", "r-i", "i-z",
+                "eu", "eg", "er", "ei", "ez", "eu-g", "eg-r", "er-i", "ei-z"]
+DC2_TRAIN = "examples_data/testdata/test_dc2_training_9816.hdf5"
+DC2_VALID = "examples_data/testdata/test_dc2_validation_9816.hdf5"
+SCENARIOS = ["full", "scarce", "biased", "sdss"]
+N_SCARCE = 500
+BIASED_I_CUT = 21.5
+
+# metric rows of the Markdown table: (key, label, format)
+TABLE_ROWS = [
+    ("n_labelled", "labelled galaxies", "{:d}"),
+    ("n_unlabelled", "unlabelled galaxies", "{:d}"),
+    ("n_estimated", "galaxies estimated", "{:d}"),
+    ("epochs_run", "epochs run (best)", None),
+    ("skipped", "skipped gradient steps", None),
+    ("inform_wall_s", "inform wall time [s]", "{:.1f}"),
+    ("estimate_wall_s", "estimate wall time [s]", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS [MB]", "{:.0f}"),
+    ("cdeloss", "CDE loss", "{:.4f}"),
+    ("pit_ks", "PIT KS", "{:.4f}"),
+    ("pit_cvm", "PIT CvM", "{:.3f}"),
+    ("pit_ad", "PIT AD", "{:.3f}"),
+    ("pit_outlier_rate", "PIT outlier rate", "{:.4f}"),
+    ("sigma_iqr", "sigma_IQR (zmode)", "{:.4f}"),
+    ("bias", "bias (zmode)", "{:+.5f}"),
+    ("outlier_rate", "outlier rate (zmode)", "{:.4f}"),
+    ("sigma_nmad", "sigma_NMAD (zmode)", "{:.4f}"),
+    ("catastrophic_fraction", "\\|ez\\| > 0.15 (zmode)", "{:.4f}"),
+    ("sigma_nmad_zmedian", "sigma_NMAD (zmedian)", "{:.4f}"),
+    ("outlier_rate_zmedian", "outlier rate (zmedian)", "{:.4f}"),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def _dc2_tables() -> tuple[dict, dict]:
+    import tables_io
+    from rail.utils.path_utils import find_rail_file
+
+    def read(rel):
+        d = tables_io.read(find_rail_file(rel))["photometry"]
+        return {k: np.asarray(v) for k, v in d.items()}
+
+    return read(DC2_TRAIN), read(DC2_VALID)
+
+
+def _sdss_tables() -> tuple[dict, dict]:
+    def read(name):
+        a = np.loadtxt(os.path.join(SDSS_DIR, name), comments="#", dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != len(SDSS_COLUMNS):
+            raise ValueError(f"{name}: expected {len(SDSS_COLUMNS)} columns, got shape {a.shape}")
+        return {c: a[:, j] for j, c in enumerate(SDSS_COLUMNS)}
+
+    return read("SDSS_MGS.train"), read("SDSS_MGS.test")
+
+
+def _subset(table: dict, idx: np.ndarray, drop: tuple[str, ...] = ()) -> dict:
+    return {k: v[idx] for k, v in table.items() if k not in drop}
+
+
+def scenario_data(name: str) -> dict:
+    """Labelled / unlabelled training tables, the table to estimate, its truths, grid and spec."""
+    from photovaez.features import preset
+    from photovaez.grid import redshift_grid
+
+    if name == "sdss":
+        if not os.path.isdir(SDSS_DIR):
+            raise FileNotFoundError(f"{SDSS_DIR} is not there")
+        train, test = _sdss_tables()
+        return dict(labelled=train, unlabelled=None, test=test, ztrue=test["zs"], redshift_col="zs",
+                    spec=preset("sdss_mgs"), zgrid=redshift_grid(0.0, 0.4, 201), mag=test["r"], mag_name="r")
+    train, valid = _dc2_tables()
+    n = len(train["redshift"])
+    if name == "full":
+        lab = np.ones(n, bool)
+    elif name == "scarce":
+        lab = np.zeros(n, bool)
+        lab[np.random.default_rng(0).choice(n, N_SCARCE, replace=False)] = True
+    elif name == "biased":
+        lab = train["mag_i_lsst"] < BIASED_I_CUT
+    else:
+        raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
+    labelled = _subset(train, np.flatnonzero(lab))
+    unlabelled = _subset(train, np.flatnonzero(~lab), drop=("redshift",)) if (~lab).any() else None
+    return dict(labelled=labelled, unlabelled=unlabelled, test=valid, ztrue=valid["redshift"],
+                redshift_col="redshift", spec=preset("lsst"), zgrid=redshift_grid(0.0, 3.0, 301),
+                mag=valid["mag_i_lsst"], mag_name="mag_i_lsst")
+
+
+# ------------------------------------------------------------------------------------------------
+# one scenario (runs in a subprocess)
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: str | None) -> dict:
+    import torch
+
+    from photovaez import api
+    from photovaez.metrics import evaluate, point_metrics
+    from photovaez.train import TrainConfig
+
+    d = scenario_data(name)
+    tc = TrainConfig(seed=seed, progress=False, device="auto")
+    if epochs is not None:
+        tc = TrainConfig.from_dict({**tc.to_dict(), "epochs": int(epochs)})
+    n_lab = len(d["labelled"][d["redshift_col"]])
+    n_unl = 0 if d["unlabelled"] is None else len(next(iter(d["unlabelled"].values())))
+
+    t0 = time.perf_counter()
+    model_dict = api.fit(d["labelled"], d["unlabelled"], spec=d["spec"], train_config=tc,
+                         redshift_col=d["redshift_col"])
+    inform_s = time.perf_counter() - t0
+    rss_inform = _peak_rss_mb()
+
+    t0 = time.perf_counter()
+    predictor = api.load_predictor(model_dict)
+    pdfs, ancil = api.estimate(predictor, d["test"], d["zgrid"], n_b=n_b, seed=seed)
+    estimate_s = time.perf_counter() - t0
+    rss = _peak_rss_mb()
+
+    ztrue = np.asarray(d["ztrue"], np.float64)
+    res = evaluate(d["zgrid"], pdfs, ztrue, zpoint=ancil["zmode"])
+    med = point_metrics(ancil["zmedian"], ztrue)
+    rep = model_dict.get("report", {})
+    out = {
+        "scenario": name,
+        "n_labelled": int(n_lab),
+        "n_unlabelled": int(n_unl),
+        "n_estimated": int(len(ztrue)),
+        "grid": [float(d["zgrid"][0]), float(d["zgrid"][-1]), int(len(d["zgrid"]))],
+        "epochs_max": int(tc.epochs),
+        "epochs_run": int(rep.get("epochs_run", -1)),
+        "best_epoch": int(rep.get("best_epoch", -1)),
+        "n_steps": int(rep.get("n_steps", -1)),
+        "n_skipped": int(rep.get("n_skipped", -1)),
+        "skipped_fraction": float(rep.get("skipped_fraction", float("nan"))),
+        "alpha": float(rep.get("alpha", float("nan"))),
+        "train_device": rep.get("device"),
+        "inform_wall_s": inform_s,
+        "estimate_wall_s": estimate_s,
+        "peak_rss_inform_mb": rss_inform,
+        "peak_rss_mb": rss,
+        "n_pdf_flagged": int(np.sum(ancil["pdf_flag"] != 0)),
+        "torch_threads": torch.get_num_threads(),
+        **res,
+        **{f"{k}_zmedian": v for k, v in med.items()},
+    }
+    if fig_dir:
+        from photovaez import plots
+
+        out["figures"] = [
+            plots.plot_zphot_zspec(d["zgrid"], pdfs, ztrue, os.path.join(fig_dir, f"{name}_zphot_zspec.png"),
+                                   zpoint=ancil["zmode"], title=f"PhotoVAEz, {name}"),
+            plots.plot_pit_hist(d["zgrid"], pdfs, ztrue, os.path.join(fig_dir, f"{name}_pit.png"),
+                                title=f"PhotoVAEz, {name}"),
+        ]
+    return out
+
+
+def _worker(args) -> int:
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    res = run_scenario(args.worker, args.epochs, args.seed, args.n_b, args.fig_dir)
+    with open(args.result, "w") as fh:
+        json.dump(res, fh, indent=1, default=float)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+
+
+def _cell(row, fmt, r):
+    if "error" in r:
+        return "failed" if row == "n_labelled" else ""
+    if row == "epochs_run":
+        return f"{r['epochs_run']} ({r['best_epoch']})"
+    if row == "skipped":
+        return f"{r['n_skipped']} / {r['n_steps']}"
+    v = r.get(row)
+    if v is None:
+        return ""
+    try:
+        return fmt.format(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def write_markdown(path: str, meta: dict, results: dict) -> None:
+    names = list(results)
+    lines = [
+        "# PhotoVAEz benchmark: DC2 (RAIL test sample) and SDSS MGS",
+        "",
+        f"Generated by `benchmarks/dc2.py` on {meta['date']} ({meta['host']}, {meta['device']}); "
+        f"epochs = {meta['epochs']}, seed = {meta['seed']}, n_b = {meta['n_b']} draws of b per PDF.",
+        "",
+        "DC2: trained on `test_dc2_training_9816.hdf5` (10,225), estimated on all of "
+        "`test_dc2_validation_9816.hdf5` (20,449), grid linspace(0, 3, 301). "
+        "`scarce`: 500 random labels; `biased`: labels only for mag_i_lsst < 21.5; the other training "
+        "galaxies are unlabelled. `sdss`: SDSS MGS train/test (5,000 each), grid linspace(0, 0.4, 201).",
+        "",
+        "Metrics: `photovaez.metrics.evaluate` (qp/RAIL definitions; CDE loss on the PDFs' grid as RAIL's "
+        "OldEvaluator; PIT statistics by `qp.metrics.pit.PIT`). ez = (z_phot - z_spec)/(1 + z_spec); "
+        "outlier rate: \\|ez\\| > max(0.06, 3 sigma_IQR). Wall times are on the machine named above, "
+        "peak RSS is per scenario process.",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for key, label, fmt in TABLE_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(key, fmt, results[n]) for n in names) + " |")
+    errs = {n: r["error"] for n, r in results.items() if "error" in r}
+    if errs:
+        lines += ["", "Failed scenarios:", ""] + [f"- `{n}`: {e}" for n, e in errs.items()]
+    figs = [(n, f) for n, r in results.items() for f in r.get("figures", [])]
+    if figs:
+        lines += ["", "Figures:", ""]
+        for n, f in figs:
+            rel = os.path.relpath(f, os.path.dirname(os.path.abspath(path)))
+            lines.append(f"- {n}: [{os.path.basename(f)}]({rel})")
+    lines += [
+        "",
+        "Reference (RAIL KNN on the same DC2 split, from the project's RAIL notes §4.5): CDE loss -6.095 "
+        "(OldEvaluator grid), PIT KS 0.071, PIT outlier rate 0.027, sigma_IQR 0.0252, outlier rate 0.095, "
+        "sigma_MAD 0.0251.",
+        "",
+    ]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", nargs="+", default=None,
+                    help=f"scenarios to run (default: {SCENARIOS}, sdss only when {SDSS_DIR} exists); "
+                         "comma-separated lists are accepted")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="maximum training epochs (default: photovaez.train.TrainConfig().epochs)")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="output folder for dc2.json, dc2.md, figures/")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-b", dest="n_b", type=int, default=16, help="draws of b per amortised PDF")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per scenario subprocess")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--fig-dir", dest="fig_dir", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        return _worker(args)
+
+    from photovaez.train import TrainConfig
+
+    if args.scenarios:
+        scenarios = [s for item in args.scenarios for s in item.split(",") if s]
+    else:
+        scenarios = [s for s in SCENARIOS if s != "sdss" or os.path.isdir(SDSS_DIR)]
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        ap.error(f"unknown scenarios {bad}; choose from {SCENARIOS}")
+    out = os.path.abspath(args.out)
+    fig_dir = None if args.no_figures else os.path.join(out, "figures")
+    os.makedirs(out, exist_ok=True)
+
+    import torch
+
+    epochs = args.epochs if args.epochs is not None else TrainConfig().epochs
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": platform.node() or "unknown host",
+        "device": "CUDA: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+                  f"CPU ({os.cpu_count()} cores)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "epochs": epochs,
+        "epochs_is_default": args.epochs is None,
+        "seed": args.seed,
+        "n_b": args.n_b,
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    }
+    try:
+        meta["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
+                                            text=True, timeout=10).stdout.strip()
+    except Exception:
+        pass
+
+    results = {}
+    for name in scenarios:
+        with tempfile.TemporaryDirectory() as tmp:
+            rfile = os.path.join(tmp, "result.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--result", rfile,
+                   "--seed", str(args.seed), "--n-b", str(args.n_b), "--threads", str(args.threads),
+                   "--epochs", str(epochs)]
+            if fig_dir:
+                cmd += ["--fig-dir", fig_dir]
+            print(f"[dc2] {name}: starting", flush=True)
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                rc, err = proc.returncode, proc.stderr
+            except subprocess.TimeoutExpired as exc:
+                rc, err = -9, f"timed out after {exc.timeout} s"
+            wall = time.perf_counter() - t0
+            if rc == 0 and os.path.exists(rfile):
+                with open(rfile) as fh:
+                    results[name] = json.load(fh)
+                r = results[name]
+                print(f"[dc2] {name}: done in {wall:.0f} s; sigma_NMAD {r['sigma_nmad']:.4f}, outliers "
+                      f"{r['outlier_rate']:.4f}, PIT KS {r['pit_ks']:.4f}, CDE {r['cdeloss']:.3f}", flush=True)
+            else:
+                tail = "\n".join((err or "").strip().splitlines()[-15:])
+                results[name] = {"scenario": name, "error": f"exit code {rc}: " + (tail.splitlines()[-1] if tail else ""),
+                                 "stderr_tail": tail}
+                print(f"[dc2] {name}: FAILED (exit code {rc})\n{tail}", flush=True)
+            results[name]["subprocess_wall_s"] = wall
+
+    jpath, mpath = os.path.join(out, "dc2.json"), os.path.join(out, "dc2.md")
+    with open(jpath, "w") as fh:
+        json.dump({"meta": meta, "scenarios": results}, fh, indent=1, default=float)
+    write_markdown(mpath, meta, results)
+    print(f"[dc2] wrote {jpath} and {mpath}", flush=True)
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Photo-z evaluation metrics with RAIL's definitions, without importing RAIL.
+
+The PDF metrics are computed by qp (the library RAIL's evaluators call), on a ``qp.interp``
+ensemble built from the densities on the redshift grid:
+
+* CDE loss (Izbicki & Lee 2017), ``E[int p(z)^2 dz] - 2 E[p(z_true)]``, with
+  ``qp.metrics.concrete_metric_classes.CDELossMetric`` evaluated on the PDFs' own grid
+  (as RAIL's ``OldEvaluator``; the ``DistToPointEvaluator`` default grid is ``linspace(0, 2.5, 301)``).
+* PIT = CDF(z_true) and its Kolmogorov-Smirnov, Cramer-von Mises and Anderson-Darling
+  statistics and PIT outlier rate, with ``qp.metrics.pit.PIT``.
+
+The point metrics use ``ez = (z_point - z_true) / (1 + z_true)`` and qp's point-metric classes
+(``qp.metrics.point_estimate_metric_classes``), evaluated exactly (no t-digest):
+
+* ``sigma_iqr`` = IQR(ez) / 1.349, ``bias`` = median(ez),
+* ``outlier_rate`` = fraction with ``|ez| > max(0.06, 3 sigma_iqr)`` (LSST Science Book),
+* ``sigma_nmad`` = 1.4826 median(|ez - median(ez)|),
+* ``catastrophic_fraction`` = fraction with ``|ez| > 0.15``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .grid import normalise, point_estimates
+
+__all__ = [
+    "as_grid_pdfs",
+    "to_ensemble",
+    "ez",
+    "pit_values",
+    "cde_loss",
+    "pit_metrics",
+    "point_metrics",
+    "binned_point_metrics",
+    "evaluate",
+    "CATASTROPHIC_EZ",
+    "NMAD_SCALE",
+]
+
+CATASTROPHIC_EZ = 0.15
+NMAD_SCALE = 1.4826
+
+log = logging.getLogger("photovaez")
+
+
+def _is_ensemble(obj: Any) -> bool:
+    return hasattr(obj, "pdf") and hasattr(obj, "npdf") and hasattr(obj, "cdf")
+
+
+def as_grid_pdfs(zgrid: np.ndarray | None, pdfs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Densities on a grid from either an (N, nz) array or a ``qp.Ensemble``.
+
+    Parameters
+    ----------
+    zgrid
+        Redshift grid (nz,).  May be ``None`` for a ``qp.interp`` ensemble, whose own ``xvals``
+        are then used.
+    pdfs
+        (N, nz) densities at ``zgrid``, or a ``qp.Ensemble`` (evaluated at ``zgrid``).
+
+    Returns
+    -------
+    zgrid, pdfs
+        The grid (float64, strictly increasing) and the (N, nz) densities, normalised to unit
+        trapezoid integral on the grid.
+    """
+    if _is_ensemble(pdfs):
+        if zgrid is None:
+            xv = pdfs.metadata.get("xvals") if hasattr(pdfs, "metadata") else None
+            if xv is None:
+                raise ValueError("zgrid is required for a qp.Ensemble that is not a qp.interp ensemble")
+            zgrid = np.asarray(xv, dtype=np.float64).reshape(-1)
+        zgrid = np.asarray(zgrid, dtype=np.float64)
+        dens = np.asarray(pdfs.pdf(zgrid), dtype=np.float64).reshape(pdfs.npdf, len(zgrid))
+    else:
+        if zgrid is None:
+            raise ValueError("zgrid is required when pdfs is an array")
+        zgrid = np.asarray(zgrid, dtype=np.float64)
+        dens = np.atleast_2d(np.asarray(pdfs, dtype=np.float64))
+    if zgrid.ndim != 1 or len(zgrid) < 2 or not np.all(np.diff(zgrid) > 0):
+        raise ValueError("zgrid must be a strictly increasing 1-d array with at least 2 points")
+    if dens.shape[1] != len(zgrid):
+        raise ValueError(f"pdfs has {dens.shape[1]} columns but zgrid has {len(zgrid)} points")
+    dens, _ = normalise(zgrid, dens)
+    return zgrid, dens
+
+
+def to_ensemble(zgrid: np.ndarray, pdfs: np.ndarray, ancil: dict | None = None):
+    """A ``qp.interp`` ensemble of densities on a grid (the form PhotoVAEz outputs in RAIL)."""
+    import qp
+
+    ens = qp.Ensemble(qp.interp, data=dict(xvals=np.asarray(zgrid, np.float64), yvals=np.asarray(pdfs, np.float64)))
+    if ancil:
+        ens.set_ancil({k: np.asarray(v) for k, v in ancil.items()})
+    return ens
+
+
+def _ensemble_and_grid(zgrid, pdfs):
+    """(zgrid, dense pdfs, qp ensemble) from an array or an ensemble."""
+    zg, dens = as_grid_pdfs(zgrid, pdfs)
+    ens = pdfs if _is_ensemble(pdfs) else to_ensemble(zg, dens)
+    return zg, dens, ens
+
+
+def ez(zpoint: np.ndarray, ztrue: np.ndarray) -> np.ndarray:
+    """``(zpoint - ztrue) / (1 + ztrue)``."""
+    zpoint = np.asarray(zpoint, dtype=np.float64).reshape(-1)
+    ztrue = np.asarray(ztrue, dtype=np.float64).reshape(-1)
+    return (zpoint - ztrue) / (1.0 + ztrue)
+
+
+def pit_values(zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray) -> np.ndarray:
+    """Probability integral transform, ``CDF_i(z_true,i)`` of each PDF.
+
+    Computed by ``qp.metrics.pit.PIT`` on the ``qp.interp`` ensemble of the densities (a true
+    redshift below the grid gives 0, above it 1).
+
+    Parameters
+    ----------
+    zgrid
+        Redshift grid (nz,); ``None`` for a ``qp.interp`` ensemble.
+    pdfs
+        (N, nz) densities on ``zgrid`` or a ``qp.Ensemble``.
+    ztrue
+        (N,) true redshifts.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N,) PIT values in [0, 1].
+    """
+    ens = pdfs if _is_ensemble(pdfs) else _ensemble_and_grid(zgrid, pdfs)[2]
+    return _pit_from_ensemble(ens, ztrue)
+
+
+def _pit_from_ensemble(ens, ztrue: np.ndarray) -> np.ndarray:
+    from qp.metrics.pit import PIT
+
+    ztrue = np.asarray(ztrue, dtype=np.float64).reshape(-1)
+    if len(ztrue) != ens.npdf:
+        raise ValueError(f"{ens.npdf} PDFs but {len(ztrue)} true redshifts")
+    return np.asarray(PIT(ens, ztrue).pit_samps, dtype=np.float64).reshape(-1)
+
+
+def cde_loss(zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray) -> float:
+    """Conditional density estimation loss, ``E[int p^2 dz] - 2 E[p(z_true)]`` (lower is better).
+
+    qp's ``CDELossMetric`` on the PDFs' grid: the integral is a trapezoid sum on ``zgrid`` and
+    ``p(z_true)`` is the density at the grid point nearest to ``z_true``.  For an ensemble
+    without a grid of its own, ``zgrid`` is the evaluation grid.
+    """
+    zg, _, ens = _ensemble_and_grid(zgrid, pdfs)
+    return _cde_from_ensemble(zg, ens, ztrue)
+
+
+def _cde_from_ensemble(zgrid: np.ndarray, ens, ztrue: np.ndarray) -> float:
+    from qp.metrics.concrete_metric_classes import CDELossMetric
+
+    ztrue = np.asarray(ztrue, dtype=np.float64).reshape(-1)
+    if len(ztrue) != ens.npdf:
+        raise ValueError(f"{ens.npdf} PDFs but {len(ztrue)} true redshifts")
+    return float(CDELossMetric(eval_grid=np.asarray(zgrid, np.float64)).evaluate(ens, ztrue))
+
+
+def pit_metrics(pit: np.ndarray) -> dict[str, float]:
+    """KS, CvM and AD statistics of PIT values against U(0, 1), and the PIT outlier rate.
+
+    Uses ``qp.metrics.pit.PIT``'s methods (scipy ``kstest``, ``cramervonmises``, ``anderson_ksamp``
+    against a uniform grid, and the fraction of the PIT distribution below 1e-4 or above 0.9999).
+    """
+    from qp.metrics.pit import PIT
+
+    pit = np.asarray(pit, dtype=np.float64).reshape(-1)
+    obj = PIT.__new__(PIT)  # PIT's metrics from given PIT values (its __init__ needs an ensemble)
+    obj._pit_samps = pit
+    grid = np.linspace(0, 1, 100)
+    if len(pit) < len(grid):
+        grid = np.linspace(0, 1, len(pit))
+    obj._pit = PIT._produce_output_ensemble(np.quantile(pit, grid), grid)
+    ks = obj.evaluate_PIT_KS()
+    cvm = obj.evaluate_PIT_CvM()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy: "p-value capped" / attribute deprecations
+        ad = obj.evaluate_PIT_anderson_ksamp()
+        ad_sig = getattr(ad, "pvalue", getattr(ad, "significance_level", np.nan))
+    try:
+        out = float(obj.evaluate_PIT_outlier_rate())
+    except Exception:  # a degenerate PIT distribution (all PIT values identical)
+        out = float(np.mean((pit < 1e-4) | (pit > 0.9999)))
+    return {
+        "pit_ks": float(ks.statistic),
+        "pit_ks_pvalue": float(ks.pvalue),
+        "pit_cvm": float(cvm.statistic),
+        "pit_cvm_pvalue": float(cvm.pvalue),
+        "pit_ad": float(ad.statistic),
+        "pit_ad_significance": float(ad_sig),
+        "pit_outlier_rate": out,
+    }
+
+
+def point_metrics(zpoint: np.ndarray, ztrue: np.ndarray) -> dict[str, float]:
+    """LSST point metrics of ``ez = (zpoint - ztrue) / (1 + ztrue)``.
+
+    Returns
+    -------
+    dict
+        ``sigma_iqr`` (IQR / 1.349), ``bias`` (median ez), ``outlier_rate`` (``|ez| > max(0.06,
+        3 sigma_iqr)``), ``sigma_nmad`` (1.4826 MAD), ``catastrophic_fraction`` (``|ez| > 0.15``),
+        all from qp's point-metric classes except the last; NaN for an empty sample.
+    """
+    from qp.metrics.point_estimate_metric_classes import PointBias, PointOutlierRate, PointSigmaIQR, PointSigmaMAD
+
+    zpoint = np.asarray(zpoint, dtype=np.float64).reshape(-1)
+    ztrue = np.asarray(ztrue, dtype=np.float64).reshape(-1)
+    if len(zpoint) != len(ztrue):
+        raise ValueError(f"{len(zpoint)} point estimates but {len(ztrue)} true redshifts")
+    if len(ztrue) == 0:
+        return {k: float("nan") for k in ("sigma_iqr", "bias", "outlier_rate", "sigma_nmad", "catastrophic_fraction")}
+    return {
+        "sigma_iqr": float(PointSigmaIQR().evaluate(zpoint, ztrue)),
+        "bias": float(PointBias().evaluate(zpoint, ztrue)),
+        "outlier_rate": float(PointOutlierRate().evaluate(zpoint, ztrue)),
+        "sigma_nmad": float(PointSigmaMAD().evaluate(zpoint, ztrue)),
+        "catastrophic_fraction": float(np.mean(np.abs(ez(zpoint, ztrue)) > CATASTROPHIC_EZ)),
+    }
+
+
+def binned_point_metrics(
+    x: np.ndarray, zpoint: np.ndarray, ztrue: np.ndarray, bins: np.ndarray | int = 10, min_count: int = 10
+) -> dict[str, np.ndarray]:
+    """Point metrics in bins of a quantity ``x`` (a magnitude, the true or photometric redshift).
+
+    Parameters
+    ----------
+    x
+        (N,) binning variable.
+    zpoint, ztrue
+        (N,) point estimates and true redshifts.
+    bins
+        Bin edges, or a number of equal-count (quantile) bins.
+    min_count
+        Bins with fewer galaxies get NaN metrics.
+
+    Returns
+    -------
+    dict
+        ``edges`` (nb + 1), ``centers``, ``count`` and one (nb,) array per key of
+        :func:`point_metrics`.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    zpoint = np.asarray(zpoint, dtype=np.float64).reshape(-1)
+    ztrue = np.asarray(ztrue, dtype=np.float64).reshape(-1)
+    ok = np.isfinite(x) & np.isfinite(zpoint) & np.isfinite(ztrue)
+    if np.ndim(bins) == 0:
+        edges = np.unique(np.quantile(x[ok], np.linspace(0, 1, int(bins) + 1)))
+    else:
+        edges = np.asarray(bins, dtype=np.float64)
+    nb = len(edges) - 1
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, nb - 1)
+    inside = ok & (x >= edges[0]) & (x <= edges[-1])
+    out: dict[str, np.ndarray] = {
+        "edges": edges,
+        "centers": 0.5 * (edges[1:] + edges[:-1]),
+        "count": np.zeros(nb, np.int64),
+    }
+    keys = ("sigma_iqr", "bias", "outlier_rate", "sigma_nmad", "catastrophic_fraction")
+    for k in keys:
+        out[k] = np.full(nb, np.nan)
+    for b in range(nb):
+        m = inside & (idx == b)
+        out["count"][b] = int(m.sum())
+        if m.sum() >= max(min_count, 1):
+            pm = point_metrics(zpoint[m], ztrue[m])
+            for k in keys:
+                out[k][b] = pm[k]
+    return out
+
+
+def evaluate(
+    zgrid: np.ndarray | None,
+    pdfs: Any,
+    ztrue: np.ndarray,
+    zpoint: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """All PDF and point metrics of photo-z PDFs against true redshifts.
+
+    Parameters
+    ----------
+    zgrid
+        Redshift grid (nz,).  ``None`` is allowed for a ``qp.interp`` ensemble (its ``xvals``).
+    pdfs
+        (N, nz) densities on ``zgrid`` (normalised here to unit integral), or a ``qp.Ensemble``.
+    ztrue
+        (N,) true (spectroscopic) redshifts.  Galaxies with a non-finite true redshift or point
+        estimate are left out (their number is ``n_dropped``).
+    zpoint
+        (N,) point estimates for the point metrics.  Default: the ensemble's ``zmode`` ancil if
+        there is one, else the mode of the PDFs on the grid (:func:`photovaez.grid.point_estimates`).
+
+    Returns
+    -------
+    dict
+        ``n``, ``n_dropped``, ``cdeloss``, ``pit_ks``, ``pit_ks_pvalue``, ``pit_cvm``,
+        ``pit_cvm_pvalue``, ``pit_ad``, ``pit_ad_significance``, ``pit_outlier_rate``,
+        ``sigma_iqr``, ``bias``, ``outlier_rate``, ``sigma_nmad``, ``catastrophic_fraction``
+        (plain floats and ints).
+
+    Examples
+    --------
+    >>> m = evaluate(zgrid, pdfs, ztrue)            # doctest: +SKIP
+    >>> m["pit_ks"], m["sigma_nmad"]                # doctest: +SKIP
+    """
+    zg, dens = as_grid_pdfs(zgrid, pdfs)
+    ztrue = np.asarray(ztrue, dtype=np.float64).reshape(-1)
+    if len(ztrue) != len(dens):
+        raise ValueError(f"{len(dens)} PDFs but {len(ztrue)} true redshifts")
+    if zpoint is None:
+        anc = getattr(pdfs, "ancil", None) if _is_ensemble(pdfs) else None
+        if anc is not None and "zmode" in anc:
+            zpoint = np.asarray(anc["zmode"], dtype=np.float64).reshape(-1)
+        else:
+            zpoint = point_estimates(zg, dens)["zmode"]
+    zpoint = np.asarray(zpoint, dtype=np.float64).reshape(-1)
+    if len(zpoint) != len(ztrue):
+        raise ValueError(f"{len(zpoint)} point estimates but {len(ztrue)} true redshifts")
+    ok = np.isfinite(ztrue) & np.isfinite(zpoint)
+    if not ok.all():
+        log.warning("evaluate: leaving out %d galaxies with a non-finite true redshift or point estimate",
+                    int((~ok).sum()))
+    dens, zt, zp = dens[ok], ztrue[ok], zpoint[ok]
+    out: dict[str, Any] = {"n": int(ok.sum()), "n_dropped": int((~ok).sum())}
+    if out["n"] == 0:
+        raise ValueError("evaluate: no galaxy with a finite true redshift")
+    # PDF metrics on the input ensemble itself where it is one (its exact CDF for the PIT),
+    # else on the qp.interp ensemble of the densities on the grid
+    ens = pdfs if (_is_ensemble(pdfs) and ok.all()) else to_ensemble(zg, dens)
+    out["cdeloss"] = _cde_from_ensemble(zg, ens, zt)
+    out.update(pit_metrics(_pit_from_ensemble(ens, zt)))
+    out.update(point_metrics(zp, zt))
+    return out

@@ -1,0 +1,283 @@
+"""Diagnostic plots of photo-z PDFs against true redshifts (matplotlib, Agg backend).
+
+Each ``plot_*`` function takes the PDFs as ``zgrid`` + (N, nz) densities or a ``qp.Ensemble``
+(with ``zgrid=None`` for a ``qp.interp`` ensemble), the true redshifts (and magnitudes where
+needed) and an output path; it writes a PNG and returns the path.  The matching ``figure_*``
+function returns the :class:`matplotlib.figure.Figure` without saving it.
+
+The figures are drawn with matplotlib's object-oriented API on the Agg canvas: no pyplot state,
+and the user's interactive backend is left alone.
+
+Point estimates default to the ensemble's ``zmode`` ancil, else the PDF mode on the grid.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .grid import point_estimates
+from .metrics import (
+    CATASTROPHIC_EZ,
+    _is_ensemble,
+    as_grid_pdfs,
+    binned_point_metrics,
+    pit_values,
+    point_metrics,
+)
+
+__all__ = [
+    "figure_zphot_zspec",
+    "figure_pit_hist",
+    "figure_pit_qq",
+    "figure_nz",
+    "figure_metrics_vs_mag",
+    "figure_metrics_vs_z",
+    "plot_zphot_zspec",
+    "plot_pit_hist",
+    "plot_pit_qq",
+    "plot_nz",
+    "plot_metrics_vs_mag",
+    "plot_metrics_vs_z",
+    "save",
+]
+
+DPI = 100
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _zpoint(zgrid, pdfs, zpoint) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    zg, dens = as_grid_pdfs(zgrid, pdfs)
+    if zpoint is None:
+        anc = getattr(pdfs, "ancil", None) if _is_ensemble(pdfs) else None
+        if anc is not None and "zmode" in anc:
+            zpoint = np.asarray(anc["zmode"], np.float64).reshape(-1)
+        else:
+            zpoint = point_estimates(zg, dens)["zmode"]
+    return zg, dens, np.asarray(zpoint, np.float64).reshape(-1)
+
+
+def save(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> str:
+    """Write a figure as PNG (creating the folder) and return the path as a string."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# figures
+
+
+def figure_zphot_zspec(
+    zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray, zpoint: np.ndarray | None = None,
+    bins: int = 120, title: str | None = None,
+) -> Figure:
+    """2-D histogram (log colour scale) of the point photo-z against the true redshift, with the
+    1:1 line, the ``|ez| = 0.15`` catastrophic-outlier lines and the point metrics in a legend."""
+    from matplotlib.colors import LogNorm
+
+    zg, _, zp = _zpoint(zgrid, pdfs, zpoint)
+    zt = np.asarray(ztrue, np.float64).reshape(-1)
+    lim = (float(zg[0]), float(zg[-1]))
+    fig = _new_figure((5.2, 4.6))
+    ax = fig.add_subplot(1, 1, 1)
+    h = ax.hist2d(zt, zp, bins=bins, range=[lim, lim], cmap="viridis", norm=LogNorm(), cmin=1)
+    fig.colorbar(h[3], ax=ax, label="galaxies")
+    line = np.array(lim)
+    ax.plot(line, line, "w-", lw=0.8)
+    for s in (1, -1):
+        ax.plot(line, line + s * CATASTROPHIC_EZ * (1 + line), "w--", lw=0.6)
+    pm = point_metrics(zp, zt)
+    ax.text(0.03, 0.97, f"N = {len(zt)}\n$\\sigma_{{NMAD}}$ = {pm['sigma_nmad']:.4f}\n"
+            f"bias = {pm['bias']:+.4f}\noutliers = {pm['outlier_rate']:.3f}\n"
+            f"|ez|>0.15: {pm['catastrophic_fraction']:.3f}", transform=ax.transAxes, va="top", fontsize=8,
+            bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_xlabel("$z_{spec}$ (true)")
+    ax.set_ylabel("$z_{phot}$ (point estimate)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure_pit_hist(
+    zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray, bins: int = 50, title: str | None = None,
+    pit: np.ndarray | None = None,
+) -> Figure:
+    """Histogram of the PIT values (density) with the uniform expectation and its +-1 sigma
+    Poisson band; the KS statistic in the legend."""
+    from scipy import stats
+
+    if pit is None:
+        pit = pit_values(zgrid, pdfs, ztrue)
+    n = len(pit)
+    fig = _new_figure((5.2, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(pit, bins=bins, range=(0, 1), density=True, color="C0", alpha=0.75,
+            label=f"PIT (KS = {stats.kstest(pit, 'uniform').statistic:.4f})")
+    err = np.sqrt(bins / max(n, 1))  # relative Poisson error of a bin, in density units
+    ax.axhspan(1 - err, 1 + err, color="k", alpha=0.12, lw=0)
+    ax.axhline(1.0, color="k", lw=1, label="uniform")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("PIT = CDF($z_{true}$)")
+    ax.set_ylabel("density")
+    ax.legend(loc="upper center", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure_pit_qq(
+    zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray, n_quantiles: int = 101, title: str | None = None,
+    pit: np.ndarray | None = None,
+) -> Figure:
+    """PIT quantile-quantile (percentile-percentile) plot: quantiles of the PIT values against
+    those of U(0, 1), with the diagonal; the lower panel shows their difference."""
+    if pit is None:
+        pit = pit_values(zgrid, pdfs, ztrue)
+    q = np.linspace(0, 1, n_quantiles)
+    qp_ = np.quantile(pit, q)
+    fig = _new_figure((4.6, 5.2))
+    gs = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+    ax = fig.add_subplot(gs[0])
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+    ax.plot(q, qp_, "C3-", lw=1.5, label="PIT quantiles")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("$Q_{data}$ (PIT quantile)")
+    ax.tick_params(labelbottom=False)
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title)
+    ax2 = fig.add_subplot(gs[1], sharex=ax)
+    ax2.axhline(0, color="k", lw=1, ls="--")
+    ax2.plot(q, qp_ - q, "C3-", lw=1.5)
+    ax2.set_xlim(0, 1)
+    ax2.set_xlabel("$Q_{theory}$ (uniform quantile)")
+    ax2.set_ylabel("$\\Delta Q$")
+    fig.subplots_adjust(left=0.17, right=0.96, top=0.93 if title else 0.97, bottom=0.1)
+    return fig
+
+
+def figure_nz(
+    zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray, bins: int | None = None, title: str | None = None,
+) -> Figure:
+    """The stacked n(z) (mean of the PDFs) against the histogram of the true redshifts."""
+    zg, dens = as_grid_pdfs(zgrid, pdfs)
+    zt = np.asarray(ztrue, np.float64).reshape(-1)
+    stacked = dens.mean(axis=0)
+    nb = bins or max(10, min(100, (len(zg) - 1) // 3))
+    fig = _new_figure((5.2, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(zt, bins=nb, range=(zg[0], zg[-1]), density=True, histtype="stepfilled", color="0.7",
+            label="true n(z)")
+    ax.plot(zg, stacked, "C0-", lw=1.5, label="stacked PDFs")
+    ax.set_xlim(zg[0], zg[-1])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("redshift z")
+    ax.set_ylabel("n(z) (normalised)")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _figure_binned(x, zp, zt, bins, xlabel, title) -> Figure:
+    b = binned_point_metrics(x, zp, zt, bins=bins)
+    fig = _new_figure((5.2, 5.0))
+    ax1 = fig.add_subplot(2, 1, 1)
+    ax2 = fig.add_subplot(2, 1, 2, sharex=ax1)
+    c = b["centers"]
+    ax1.plot(c, b["sigma_nmad"], "o-", color="C0", ms=4, label="$\\sigma_{NMAD}$")
+    ax1.plot(c, b["sigma_iqr"], "s--", color="C2", ms=3, label="$\\sigma_{IQR}$")
+    ax1.set_ylabel("scatter of $e_z$")
+    ax1.set_ylim(bottom=0)
+    ax1.legend(fontsize=8)
+    ax1.tick_params(labelbottom=False)
+    ax2.plot(c, b["outlier_rate"], "o-", color="C3", ms=4, label="outliers, |ez| > max(0.06, 3$\\sigma_{IQR}$)")
+    ax2.plot(c, b["catastrophic_fraction"], "s--", color="C1", ms=3, label="|ez| > 0.15")
+    ax2.set_ylabel("outlier fraction")
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel(xlabel)
+    ax2.set_xlim(b["edges"][0], b["edges"][-1])
+    ax2.legend(fontsize=7)
+    if title:
+        ax1.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure_metrics_vs_mag(
+    zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray, mag: np.ndarray, bins: int | np.ndarray = 8,
+    zpoint: np.ndarray | None = None, mag_label: str = "magnitude", title: str | None = None,
+) -> Figure:
+    """sigma_NMAD (and sigma_IQR) and the outlier rates in bins of a magnitude (default: 8
+    equal-count bins)."""
+    _, _, zp = _zpoint(zgrid, pdfs, zpoint)
+    return _figure_binned(mag, zp, ztrue, bins, mag_label, title)
+
+
+def figure_metrics_vs_z(
+    zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray, bins: int | np.ndarray = 8,
+    zpoint: np.ndarray | None = None, by: str = "ztrue", title: str | None = None,
+) -> Figure:
+    """sigma_NMAD (and sigma_IQR) and the outlier rates in bins of redshift: the true redshift
+    (``by="ztrue"``, default) or the point photo-z (``by="zphot"``); default 8 equal-count bins."""
+    _, _, zp = _zpoint(zgrid, pdfs, zpoint)
+    zt = np.asarray(ztrue, np.float64).reshape(-1)
+    if by not in ("ztrue", "zphot"):
+        raise ValueError(f"by must be 'ztrue' or 'zphot', got {by!r}")
+    x = zt if by == "ztrue" else zp
+    label = "$z_{spec}$ (true)" if by == "ztrue" else "$z_{phot}$"
+    return _figure_binned(x, zp, zt, bins, label, title)
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+
+
+def plot_zphot_zspec(zgrid, pdfs, ztrue, path, zpoint=None, **kw) -> str:
+    """Write :func:`figure_zphot_zspec` to ``path`` (PNG); returns the path."""
+    return save(figure_zphot_zspec(zgrid, pdfs, ztrue, zpoint=zpoint, **kw), path)
+
+
+def plot_pit_hist(zgrid, pdfs, ztrue, path, **kw) -> str:
+    """Write :func:`figure_pit_hist` to ``path`` (PNG); returns the path."""
+    return save(figure_pit_hist(zgrid, pdfs, ztrue, **kw), path)
+
+
+def plot_pit_qq(zgrid, pdfs, ztrue, path, **kw) -> str:
+    """Write :func:`figure_pit_qq` to ``path`` (PNG); returns the path."""
+    return save(figure_pit_qq(zgrid, pdfs, ztrue, **kw), path)
+
+
+def plot_nz(zgrid, pdfs, ztrue, path, **kw) -> str:
+    """Write :func:`figure_nz` to ``path`` (PNG); returns the path."""
+    return save(figure_nz(zgrid, pdfs, ztrue, **kw), path)
+
+
+def plot_metrics_vs_mag(zgrid, pdfs, ztrue, mag, path, **kw) -> str:
+    """Write :func:`figure_metrics_vs_mag` to ``path`` (PNG); returns the path."""
+    return save(figure_metrics_vs_mag(zgrid, pdfs, ztrue, mag, **kw), path)
+
+
+def plot_metrics_vs_z(zgrid, pdfs, ztrue, path, **kw) -> str:
+    """Write :func:`figure_metrics_vs_z` to ``path`` (PNG); returns the path."""
+    return save(figure_metrics_vs_z(zgrid, pdfs, ztrue, **kw), path)

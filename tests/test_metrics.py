@@ -1,0 +1,153 @@
+"""photovaez.metrics against independent references (closed forms, scipy, numpy by hand)."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from photovaez import metrics as M
+
+ZGRID = np.linspace(0.0, 3.0, 601)
+
+
+def gaussian_pdfs(zgrid, mu, sigma):
+    return stats.norm.pdf(zgrid[None, :], mu[:, None], sigma[:, None])
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    """Gaussian PDFs with the true redshifts drawn from them (a calibrated estimator)."""
+    rng = np.random.default_rng(42)
+    n = 1500
+    mu = rng.uniform(0.6, 2.0, n)
+    sigma = 0.04 * (1 + mu)
+    ztrue = rng.normal(mu, sigma)
+    return mu, sigma, ztrue, gaussian_pdfs(ZGRID, mu, sigma)
+
+
+def test_pit_values_match_analytic_cdf(calibrated):
+    mu, sigma, ztrue, pdfs = calibrated
+    pit = M.pit_values(ZGRID, pdfs, ztrue)
+    assert pit.shape == ztrue.shape
+    np.testing.assert_allclose(pit, stats.norm.cdf(ztrue, mu, sigma), atol=2e-3)
+
+
+def test_calibrated_pit_ks_small_and_equals_scipy(calibrated):
+    mu, sigma, ztrue, pdfs = calibrated
+    m = M.evaluate(ZGRID, pdfs, ztrue, zpoint=mu)
+    pit = M.pit_values(ZGRID, pdfs, ztrue)
+    ks = stats.kstest(pit, "uniform")
+    assert m["pit_ks"] == pytest.approx(ks.statistic, rel=1e-12)
+    assert m["pit_ks_pvalue"] == pytest.approx(ks.pvalue, rel=1e-9)
+    assert m["pit_cvm"] == pytest.approx(stats.cramervonmises(pit, "uniform").statistic, rel=1e-9)
+    # a calibrated sample: KS well inside the 1 % critical value 1.63 / sqrt(N)
+    assert m["pit_ks"] < 1.63 / np.sqrt(len(ztrue))
+    # and close to the KS of the exact analytic PIT values
+    assert m["pit_ks"] == pytest.approx(stats.kstest(stats.norm.cdf(ztrue, mu, sigma), "uniform").statistic, abs=3e-3)
+    assert m["pit_outlier_rate"] < 0.01
+    assert m["pit_ad"] < 2.5  # AD k-sample statistic: not rejected at 5 %
+
+
+def test_overconfident_pdfs_give_large_ks():
+    rng = np.random.default_rng(1)
+    n = 1500
+    mu = rng.uniform(0.6, 2.0, n)
+    sigma = 0.05 * np.ones(n)
+    ztrue = rng.normal(mu, sigma)
+    m = M.evaluate(ZGRID, gaussian_pdfs(ZGRID, mu, sigma / 3), ztrue, zpoint=mu)
+    # truths spread 3x wider than the PDFs: PIT piles up at 0 and 1
+    # (expected KS = sup |Phi(3t) - Phi(t)| ~ 0.25 at its maximum)
+    assert m["pit_ks"] > 0.2
+    assert m["pit_ks_pvalue"] < 1e-10
+    pit = M.pit_values(ZGRID, gaussian_pdfs(ZGRID, mu, sigma / 3), ztrue)
+    assert np.mean((pit < 0.05) | (pit > 0.95)) > 0.4
+
+
+def test_cde_loss_closed_form():
+    rng = np.random.default_rng(3)
+    n = 800
+    zgrid = np.linspace(0.0, 3.0, 3001)
+    mu = rng.uniform(0.8, 2.0, n)
+    sigma = rng.uniform(0.05, 0.2, n)
+    ztrue = rng.normal(mu, sigma)
+    pdfs = gaussian_pdfs(zgrid, mu, sigma)
+    exact = np.mean(1.0 / (2.0 * np.sqrt(np.pi) * sigma)) - 2.0 * np.mean(stats.norm.pdf(ztrue, mu, sigma))
+    assert M.cde_loss(zgrid, pdfs, ztrue) == pytest.approx(exact, abs=2e-3)
+    assert M.evaluate(zgrid, pdfs, ztrue)["cdeloss"] == pytest.approx(exact, abs=2e-3)
+    # narrower correct PDFs have lower (better) loss than wider ones around the same truths
+    wide = gaussian_pdfs(zgrid, mu, 3 * sigma)
+    assert M.cde_loss(zgrid, wide, ztrue) > M.cde_loss(zgrid, pdfs, ztrue)
+
+
+def test_point_metrics_on_planted_dz():
+    rng = np.random.default_rng(7)
+    n = 4000
+    ztrue = rng.uniform(0.1, 2.5, n)
+    e = rng.normal(0.01, 0.03, n)
+    e[:200] = rng.choice([-1, 1], 200) * rng.uniform(0.2, 0.5, 200)  # planted outliers
+    zphot = ztrue + e * (1 + ztrue)
+    m = M.point_metrics(zphot, ztrue)
+    ez = (zphot - ztrue) / (1 + ztrue)
+    np.testing.assert_allclose(ez, e, atol=1e-12)
+    q75, q25 = np.percentile(e, [75, 25])
+    s_iqr = (q75 - q25) / 1.349
+    assert m["sigma_iqr"] == pytest.approx(s_iqr, rel=1e-9)
+    assert m["bias"] == pytest.approx(np.median(e), rel=1e-9)
+    assert m["sigma_nmad"] == pytest.approx(1.4826 * np.median(np.abs(e - np.median(e))), rel=1e-9)
+    assert m["outlier_rate"] == pytest.approx(np.mean(np.abs(e) > max(0.06, 3 * s_iqr)))
+    assert m["catastrophic_fraction"] == pytest.approx(np.mean(np.abs(e) > 0.15))
+    assert m["catastrophic_fraction"] == pytest.approx(200 / n)
+    # the robust widths see the core (0.03), not the outliers
+    assert 0.027 < m["sigma_nmad"] < 0.034
+
+
+def test_outlier_rate_uses_floor_of_006():
+    ztrue = np.linspace(0.2, 1.0, 1000)
+    e = np.zeros(1000)
+    e[:50] = 0.07  # above the 0.06 floor (3 sigma_IQR = 0 here)
+    e[50:100] = 0.05  # below it
+    m = M.point_metrics(ztrue + e * (1 + ztrue), ztrue)
+    assert m["outlier_rate"] == pytest.approx(0.05)
+    assert m["catastrophic_fraction"] == 0.0
+
+
+def test_evaluate_keys_ensemble_and_default_point(calibrated):
+    mu, sigma, ztrue, pdfs = calibrated
+    m_arr = M.evaluate(ZGRID, pdfs, ztrue)
+    ens = M.to_ensemble(ZGRID, pdfs, ancil={"zmode": mu})
+    m_ens = M.evaluate(None, ens, ztrue)  # grid from the interp ensemble, zmode from its ancil
+    for k in ("n", "cdeloss", "pit_ks", "pit_cvm", "pit_ad", "pit_outlier_rate", "sigma_iqr", "bias",
+              "outlier_rate", "sigma_nmad", "catastrophic_fraction"):
+        assert np.isfinite(m_arr[k]), k
+    assert m_ens["cdeloss"] == pytest.approx(m_arr["cdeloss"], rel=1e-9)
+    assert m_ens["pit_ks"] == pytest.approx(m_arr["pit_ks"], rel=1e-9)
+    assert m_ens["sigma_nmad"] == pytest.approx(M.point_metrics(mu, ztrue)["sigma_nmad"])
+    # default point estimate (grid mode) is the Gaussian mean to grid precision
+    assert m_arr["bias"] == pytest.approx(M.point_metrics(mu, ztrue)["bias"], abs=1e-3)
+
+
+def test_evaluate_drops_nonfinite_truths_and_checks_shapes(calibrated):
+    mu, sigma, ztrue, pdfs = calibrated
+    zt = ztrue.copy()
+    zt[:5] = np.nan
+    m = M.evaluate(ZGRID, pdfs, zt, zpoint=mu)
+    assert m["n"] == len(zt) - 5 and m["n_dropped"] == 5
+    with pytest.raises(ValueError):
+        M.evaluate(ZGRID, pdfs, ztrue[:-1])
+    with pytest.raises(ValueError):
+        M.evaluate(ZGRID[:-1], pdfs, ztrue)
+
+
+def test_binned_point_metrics():
+    rng = np.random.default_rng(5)
+    n = 3000
+    mag = rng.uniform(20, 25, n)
+    ztrue = rng.uniform(0.1, 2.0, n)
+    width = 0.01 * (mag - 19)  # scatter grows with magnitude
+    zphot = ztrue + rng.normal(0, width) * (1 + ztrue)
+    b = M.binned_point_metrics(mag, zphot, ztrue, bins=np.array([20, 21, 22, 23, 24, 25.0]))
+    assert b["count"].sum() == n
+    assert np.all(np.diff(b["sigma_nmad"]) > 0)
+    sel = (mag >= 22) & (mag < 23)
+    assert b["sigma_nmad"][2] == pytest.approx(M.point_metrics(zphot[sel], ztrue[sel])["sigma_nmad"])
+    bq = M.binned_point_metrics(mag, zphot, ztrue, bins=4)
+    assert len(bq["centers"]) == 4 and abs(bq["count"].min() - n / 4) <= 2
