@@ -5,7 +5,8 @@
 a mixture of N log-normals, given on the redshift grid as exact cell averages (differences of the
 log-normal CDF at the cell edges divided by the cell width).  The standard-normal draws
 ``eps_k`` of ``b_k = mu(x) + sigma(x) eps_k`` are fixed by the seed and shared by all galaxies, so
-a galaxy's PDF does not depend on the chunk or process it is estimated in.
+a galaxy's PDF does not depend on the chunk or process it is estimated in (up to float32
+rounding, which can differ by one unit in the last place between batch sizes).
 """
 
 from __future__ import annotations
