@@ -148,3 +148,92 @@ def estimate(
     ancil = point_estimates(zgrid, pdfs)
     ancil.update(n_nondetect=n_nd, pdf_flag=flag)
     return pdfs, ancil
+
+
+def estimate_posterior(
+    predictor: Predictor,
+    table: Mapping[str, Any],
+    zgrid: np.ndarray,
+    mode: str = "grid",
+    n_importance: int | None = None,
+    seed: int = 0,
+    n_importance_px: int = 256,
+    **settings: Any,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Model-posterior PDFs p(z|x) of a table on ``zgrid`` (SPEC "Photo-z estimation" 2).
+
+    The trained networks are exported to JAX (:mod:`photovaez.export`) and the importance-sampled
+    log p(x, z) of :mod:`photovaez.posterior` is used in one of three ways.
+
+    Parameters
+    ----------
+    predictor
+        A loaded model (:func:`load_predictor`).
+    table
+        Photometry with the feature columns.
+    zgrid
+        Redshift grid.
+    mode
+        ``"grid"``: log p(x, z) on the grid, normalised exactly (:func:`photovaez.posterior.grid_posterior`).
+        ``"hmc"``: NUTS in log z, one chain per galaxy, KDE on the grid (:func:`~photovaez.posterior.hmc_posterior`).
+        ``"snis"``: self-normalised importance sampling of (z, a, b) from the encoder
+        (:func:`~photovaez.posterior.snis_posterior`).
+    n_importance
+        Importance samples per galaxy (default 256 for grid, 64 for hmc, 1024 for snis).
+    seed
+        Fixes every random draw.
+    n_importance_px
+        Samples of the IWAE log p(x) reported in ``ancil["log_px"]`` (snis reuses its own draws).
+    **settings
+        Passed on to the mode's function (e.g. ``support_tol``, ``max_rows``, ``num_warmup``,
+        ``num_samples``, ``max_tree_depth``, ``chunk_galaxies``).
+
+    Returns
+    -------
+    pdfs
+        (N, len(zgrid)) densities normalised to unit integral.
+    ancil
+        ``zmode``, ``zmean``, ``zmedian``, ``log_px``, ``kish_ess`` (of the log p(x) weights),
+        ``n_nondetect``, ``pdf_flag``; for ``grid`` also ``ess_at_mode`` (Kish ESS of the N weights
+        at the posterior mode); for ``hmc`` also ``divergences`` and ``ess``.
+    """
+    from .export import export_params
+    from . import posterior as post
+
+    if mode not in ("grid", "hmc", "snis"):
+        raise ValueError(f"mode must be 'grid', 'hmc' or 'snis', got {mode!r}")
+    zgrid = np.asarray(zgrid, dtype=np.float64)
+    n = _n_rows(table)
+    extra = {"grid": ("ess_at_mode",), "hmc": ("divergences", "ess"), "snis": ()}[mode]
+    if n == 0:
+        keys = ("zmode", "zmean", "zmedian", "log_px", "kish_ess") + extra
+        return np.zeros((0, len(zgrid))), {k: np.zeros(0) for k in keys} | {
+            "n_nondetect": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
+    n_imp = int(n_importance or {"grid": 256, "hmc": 64, "snis": 1024}[mode])
+    params = export_params(predictor.model_dict)
+    x, phot = predictor.features(table)
+    ancil: dict[str, np.ndarray] = {}
+    if mode == "grid":
+        r = post.grid_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, **settings)
+        raw, ancil["ess_at_mode"] = r.pdf, r.ess_at_mode
+    elif mode == "hmc":
+        r = post.hmc_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, **settings)
+        raw, ancil["divergences"], ancil["ess"] = r.pdf, r.divergences, r.ess
+    else:
+        r = post.snis_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, **settings)
+        raw = r.pdf
+        ancil["log_px"], ancil["kish_ess"] = r.log_px, r.kish_ess
+    if mode != "snis":
+        lp = post.log_px(params, x, n_importance=n_importance_px, seed=seed)
+        ancil["log_px"], ancil["kish_ess"] = lp.log_px, lp.kish_ess
+    pdfs, flag = normalise(zgrid, raw)
+    flag = np.maximum(flag, np.asarray(r.flag, np.int8))
+    n_nd = phot.nondetect.sum(axis=1).astype(np.int16)
+    flag = np.where((flag == 0) & (n_nd == phot.nondetect.shape[1]), 2, flag).astype(np.int8)
+    out = point_estimates(zgrid, pdfs)
+    out.update(ancil)
+    out.update(n_nondetect=n_nd, pdf_flag=flag)
+    return pdfs, out
+
+
+__all__ += ["estimate_posterior"]

@@ -1,0 +1,234 @@
+"""Export of a trained SDGM from the plain model dict to JAX: a parameter pytree and pure functions.
+
+Nothing here imports torch: the model dict (:mod:`photovaez.io`) holds the PyTorch ``state_dict``
+as numpy arrays, and :func:`export_params` turns it into a pytree::
+
+    params = {
+        "q_b_given_x":   {"layers": [(W, c), ...], "head": (W, c)},   # W in (in, out) layout
+        "q_z_given_bx":  ...,  "q_a_given_xbz": ...,  "p_b_given_az": ...,  "p_x_given_abz": ...,
+        "prior_mu_z", "prior_log_sigma2_z", "logz_mean", "logz_std": scalars,
+        "static": StaticConfig(...)   # sizes, activation, log-variance bounds (no leaves)
+    }
+
+``torch.nn.Linear`` stores ``W`` as (out, in) and computes ``x @ W.T + c``; the export transposes
+once so that every layer here is ``h @ W + c``.  The static settings are a pytree node without
+leaves (:func:`jax.tree_util.register_static`), so ``params`` passes through ``jit``/``vmap``
+unchanged and every function below is a pure function of ``(params, inputs)``.
+
+Each network function returns ``(mean, logvar)`` exactly as :class:`photovaez.model.GaussianMLP`:
+the inputs are concatenated in the same order, the hidden activation is the same (SiLU, tanh,
+ReLU, exact-erf GELU), the log-variance is ``soft_clamp``-ed to (lo, hi) and broadcast to the
+mean's shape when it is shared (``per_dim_variance=False``).  Networks that take z see
+``(log z - logz_mean) / logz_std`` (:func:`z_input`).  Log-normal log-densities include the
+``1/z`` Jacobian.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "StaticConfig",
+    "NETWORKS",
+    "export_params",
+    "soft_clamp",
+    "gaussian_mlp",
+    "z_input",
+    "q_b_given_x",
+    "q_z_given_bx",
+    "q_a_given_xbz",
+    "p_b_given_az",
+    "p_x_given_abz",
+    "log_normal_diag",
+    "log_p_a",
+    "log_p_z",
+    "log_q_z_given_bx",
+]
+
+NETWORKS = ("q_b_given_x", "q_z_given_bx", "q_a_given_xbz", "p_b_given_az", "p_x_given_abz")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@jax.tree_util.register_static
+@dataclass(frozen=True)
+class StaticConfig:
+    """Hashable, leaf-less settings of the exported model (from ``ModelConfig``)."""
+
+    dim_x: int
+    dim_a: int
+    dim_b: int
+    activation: str
+    per_dim_variance: bool
+    logvar_min: float
+    logvar_max: float
+    x_logvar_min: float
+
+    def bounds(self, net: str) -> tuple[float, float]:
+        """(lo, hi) log-variance bounds of network ``net``."""
+        lo = self.x_logvar_min if net == "p_x_given_abz" else self.logvar_min
+        return lo, self.logvar_max
+
+    def out_dim(self, net: str) -> int:
+        return {"q_b_given_x": self.dim_b, "q_z_given_bx": 1, "q_a_given_xbz": self.dim_a,
+                "p_b_given_az": self.dim_b, "p_x_given_abz": self.dim_x}[net]
+
+
+def _activation(name: str):
+    if name == "silu":
+        return jax.nn.silu
+    if name == "tanh":
+        return jnp.tanh
+    if name == "relu":
+        return jax.nn.relu
+    if name == "gelu":  # torch.nn.GELU default is the exact erf form
+        return lambda v: jax.nn.gelu(v, approximate=False)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _net_params(state: Mapping[str, Any], prefix: str, dtype) -> dict[str, Any]:
+    """Layers of one ``GaussianMLP`` (``{prefix}.body.{2k}`` linear layers, ``{prefix}.head``)."""
+    idx = sorted(
+        {int(k[len(prefix) + 6 :].split(".")[0]) for k in state if k.startswith(prefix + ".body.")}
+    )
+    def lin(name: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+        w = np.asarray(state[f"{name}.weight"], dtype=np.float64).T  # (out, in) -> (in, out)
+        c = np.asarray(state[f"{name}.bias"], dtype=np.float64)
+        return jnp.asarray(w, dtype=dtype), jnp.asarray(c, dtype=dtype)
+
+    layers = [lin(f"{prefix}.body.{i}") for i in idx]  # Linear at even indices, activation between
+    return {"layers": layers, "head": lin(f"{prefix}.head")}
+
+
+def export_params(model_dict: Mapping[str, Any], dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Build the JAX parameter pytree from a PhotoVAEz model dict.
+
+    Parameters
+    ----------
+    model_dict
+        The plain model dict (``state`` and ``model_config`` are used); a dict with only those two
+        keys is enough.
+    dtype
+        Floating type of the exported arrays (``jnp.float64`` needs ``jax_enable_x64``).
+
+    Returns
+    -------
+    dict
+        The parameter pytree described in the module docstring.
+    """
+    state = model_dict["state"]
+    mc = dict(model_dict["model_config"])
+    static = StaticConfig(
+        dim_x=int(mc["dim_x"]), dim_a=int(mc["dim_a"]), dim_b=int(mc["dim_b"]),
+        activation=str(mc.get("activation", "silu")),
+        per_dim_variance=bool(mc.get("per_dim_variance", False)),
+        logvar_min=float(mc.get("logvar_min", -9.0)), logvar_max=float(mc.get("logvar_max", 4.0)),
+        x_logvar_min=float(mc.get("x_logvar_min", mc.get("logvar_min", -9.0))),
+    )
+    _activation(static.activation)
+    params: dict[str, Any] = {net: _net_params(state, f"{net}_net", dtype) for net in NETWORKS}
+    for name in ("prior_mu_z", "prior_log_sigma2_z", "logz_mean", "logz_std"):
+        params[name] = jnp.asarray(np.asarray(state[name], dtype=np.float64), dtype=dtype)
+    for net in NETWORKS:
+        w, _ = params[net]["head"]
+        d = static.out_dim(net)
+        want = 2 * d if static.per_dim_variance else d + 1
+        if w.shape[1] != want:
+            raise ValueError(f"{net}: head has {w.shape[1]} outputs, model_config implies {want}")
+    params["static"] = static
+    return params
+
+
+def soft_clamp(v: jnp.ndarray, lo: float, hi: float) -> jnp.ndarray:
+    """Smoothly keep ``v`` within (lo, hi), as :func:`photovaez.model.soft_clamp`."""
+    v = lo + jax.nn.softplus(v - lo)
+    return hi - jax.nn.softplus(hi - v)
+
+
+def gaussian_mlp(net: Mapping[str, Any], static: StaticConfig, name: str, *inputs: jnp.ndarray
+                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean and log-variance of one exported ``GaussianMLP`` (inputs concatenated on the last axis).
+
+    Parameters
+    ----------
+    net
+        ``params[name]``: ``{"layers": [(W, c), ...], "head": (W, c)}``.
+    static
+        ``params["static"]``.
+    name
+        Network name (selects the log-variance bounds and the output size).
+    *inputs
+        Arrays with a common batch shape; concatenated along the last axis.
+    """
+    act = _activation(static.activation)
+    h = jnp.concatenate(inputs, axis=-1)
+    for w, c in net["layers"]:
+        h = act(h @ w + c)
+    w, c = net["head"]
+    h = h @ w + c
+    d = static.out_dim(name)
+    mu, raw = h[..., :d], h[..., d:]
+    lo, hi = static.bounds(name)
+    logvar = jnp.broadcast_to(soft_clamp(raw, lo, hi), mu.shape)
+    return mu, logvar
+
+
+def z_input(params: Mapping[str, Any], z: jnp.ndarray) -> jnp.ndarray:
+    """Standardised ``log z`` as a trailing axis of length 1 (the z input of the networks)."""
+    return ((jnp.log(z) - params["logz_mean"]) / params["logz_std"])[..., None]
+
+
+def q_b_given_x(params: Mapping[str, Any], x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """q(b | x): mean and log-variance, shape (..., B)."""
+    return gaussian_mlp(params["q_b_given_x"], params["static"], "q_b_given_x", x)
+
+
+def q_z_given_bx(params: Mapping[str, Any], b: jnp.ndarray, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """q(z | b, x) = LogNormal: mean and log-variance of log z, shape (..., 1)."""
+    return gaussian_mlp(params["q_z_given_bx"], params["static"], "q_z_given_bx", x, b)
+
+
+def q_a_given_xbz(params: Mapping[str, Any], x: jnp.ndarray, b: jnp.ndarray, z: jnp.ndarray
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """q(a | x, b, z): mean and log-variance, shape (..., A); ``z`` has the batch shape."""
+    return gaussian_mlp(params["q_a_given_xbz"], params["static"], "q_a_given_xbz", x, b, z_input(params, z))
+
+
+def p_b_given_az(params: Mapping[str, Any], a: jnp.ndarray, z: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """p(b | a, z): mean and log-variance, shape (..., B)."""
+    return gaussian_mlp(params["p_b_given_az"], params["static"], "p_b_given_az", a, z_input(params, z))
+
+
+def p_x_given_abz(params: Mapping[str, Any], a: jnp.ndarray, b: jnp.ndarray, z: jnp.ndarray
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """p(x | a, b, z): mean and log-variance, shape (..., D_x)."""
+    return gaussian_mlp(params["p_x_given_abz"], params["static"], "p_x_given_abz", a, b, z_input(params, z))
+
+
+def log_normal_diag(v: jnp.ndarray, mu: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
+    """log N(v; mu, diag(exp(logvar))), summed over the last axis."""
+    return -0.5 * jnp.sum(_LOG_2PI + logvar + (v - mu) ** 2 * jnp.exp(-logvar), axis=-1)
+
+
+def log_p_a(a: jnp.ndarray) -> jnp.ndarray:
+    """log p(a) = log N(a; 0, I), summed over the last axis."""
+    return -0.5 * jnp.sum(_LOG_2PI + a**2, axis=-1)
+
+
+def log_p_z(params: Mapping[str, Any], z: jnp.ndarray) -> jnp.ndarray:
+    """log p(z) of the trained log-normal prior, with the ``1/z`` Jacobian."""
+    logz = jnp.log(z)
+    s2 = params["prior_log_sigma2_z"]
+    return -0.5 * (_LOG_2PI + s2 + (logz - params["prior_mu_z"]) ** 2 * jnp.exp(-s2)) - logz
+
+
+def log_q_z_given_bx(params: Mapping[str, Any], z: jnp.ndarray, b: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    """log q(z | b, x) (log-normal, with the ``1/z`` Jacobian); ``z`` has the batch shape."""
+    mu, logvar = q_z_given_bx(params, b, x)
+    logz = jnp.log(z)
+    return -0.5 * (_LOG_2PI + logvar[..., 0] + (logz - mu[..., 0]) ** 2 * jnp.exp(-logvar[..., 0])) - logz

@@ -1,0 +1,670 @@
+"""The model posterior p(z | x) of a trained SDGM (SPEC "Photo-z estimation" 2, draft Eq. 23-25).
+
+Everything here is JAX, on the parameter pytree of :func:`photovaez.export.export_params`.
+
+Importance-sampled joint
+------------------------
+For one galaxy with fixed standard-normal noise ``eps_b`` (N, B) and ``eps_a`` (N, A)::
+
+    b_k = mu_b(x) + sigma_b(x) eps_b[k]                    ~ q(b | x)
+    a_k = mu_a(x, b_k, z) + sigma_a(x, b_k, z) eps_a[k]    ~ q(a | x, b_k, z)
+    log w_k(z) = log p(x | a_k, b_k, z) + log p(b_k | a_k, z) + log p(a_k)
+                 - log q(a_k | x, b_k, z) - log q(b_k | x)
+    log p(x, z) ~ log p(z) + logsumexp_k log w_k(z) - log N                  (:func:`log_joint`)
+
+With the noise held fixed per galaxy this is a smooth, deterministic function of z (common random
+numbers), so the same function can be evaluated on the redshift grid and normalised exactly
+(:func:`grid_posterior`) or sampled with NUTS in ``u = log z`` (:func:`hmc_posterior`).  The noise
+of galaxy ``i`` is drawn from ``fold_in(PRNGKey(seed), i)``: it does not depend on the chunking.
+
+Other estimates
+---------------
+* :func:`log_px`: the IWAE estimate of log p(x), (z, a, b) all drawn from the encoder
+  q(b|x) q(z|b,x) q(a|x,b,z); the outlier score of SPEC "Evaluation".
+* :func:`snis_posterior`: self-normalised importance sampling of the same draws, the PDF being a
+  weighted Gaussian KDE in log z.
+
+Memory
+------
+Every batched call handles at most ``max_rows`` network rows (galaxies x redshifts x samples);
+galaxies are processed in chunks padded to a fixed size so that each function compiles once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp, ndtr
+
+from .export import (
+    log_normal_diag,
+    log_p_a,
+    log_p_z,
+    p_b_given_az,
+    p_x_given_abz,
+    q_a_given_xbz,
+    q_b_given_x,
+    q_z_given_bx,
+)
+from .grid import cell_edges, normalise
+
+__all__ = [
+    "galaxy_noise",
+    "b_samples",
+    "log_weights",
+    "log_joint",
+    "kish_ess",
+    "amortised_on_grid",
+    "support_mask",
+    "GridPosterior",
+    "grid_posterior",
+    "HMCPosterior",
+    "hmc_posterior",
+    "kde_on_grid",
+    "LogPx",
+    "log_px",
+    "SNISPosterior",
+    "snis_posterior",
+]
+
+Params = Mapping[str, Any]
+_LOG_2PI = math.log(2.0 * math.pi)
+DEFAULT_MAX_ROWS = 2**17
+
+
+# --------------------------------------------------------------------------------------------
+# Pure per-galaxy functions
+# --------------------------------------------------------------------------------------------
+def galaxy_noise(key: jax.Array, index: jnp.ndarray, n: int, dim_b: int, dim_a: int
+                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Fixed standard-normal noise of one galaxy: ``(eps_b (n, dim_b), eps_a (n, dim_a))``.
+
+    Parameters
+    ----------
+    key
+        The run's PRNG key (``PRNGKey(seed)``).
+    index
+        The galaxy's index in the catalogue; its noise is drawn from ``fold_in(key, index)``.
+    """
+    kb, ka = jax.random.split(jax.random.fold_in(key, index))
+    return jax.random.normal(kb, (n, dim_b)), jax.random.normal(ka, (n, dim_a))
+
+
+def b_samples(params: Params, x: jnp.ndarray, eps_b: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``b_k = mu_b(x) + sigma_b(x) eps_b[k]`` and ``log q(b_k | x)``: (N, B) and (N,)."""
+    mu, logvar = q_b_given_x(params, x)
+    b = mu + jnp.exp(0.5 * logvar) * eps_b
+    log_qb = -0.5 * jnp.sum(_LOG_2PI + logvar + eps_b**2, axis=-1)
+    return b, log_qb
+
+
+def _log_weights_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray,
+                         eps_a: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
+    """log w_k(z) (N,) for given b samples; ``z`` is a scalar."""
+    n = b.shape[0]
+    zn = jnp.broadcast_to(z, (n,))
+    xn = jnp.broadcast_to(x, (n, x.shape[-1]))
+    mu_a, logvar_a = q_a_given_xbz(params, xn, b, zn)
+    a = mu_a + jnp.exp(0.5 * logvar_a) * eps_a
+    log_qa = -0.5 * jnp.sum(_LOG_2PI + logvar_a + eps_a**2, axis=-1)
+    log_pb = log_normal_diag(b, *p_b_given_az(params, a, zn))
+    log_px_ = log_normal_diag(xn, *p_x_given_abz(params, a, b, zn))
+    return log_px_ + log_pb + log_p_a(a) - log_qa - log_qb
+
+
+def log_weights(params: Params, x: jnp.ndarray, z: jnp.ndarray, eps_b: jnp.ndarray, eps_a: jnp.ndarray
+                ) -> jnp.ndarray:
+    """Importance log-weights ``log w_k(z)`` of one galaxy at one redshift, (N,).
+
+    ``log w_k = log p(x|a_k,b_k,z) + log p(b_k|a_k,z) + log p(a_k) - log q(a_k|x,b_k,z) - log q(b_k|x)``
+    (without ``log p(z)``).  ``x`` is (D_x,), ``z`` a scalar, ``eps_b`` (N, B), ``eps_a`` (N, A).
+    """
+    b, log_qb = b_samples(params, x, eps_b)
+    return _log_weights_given_b(params, x, b, log_qb, eps_a, z)
+
+
+def _log_joint_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray,
+                       eps_a: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
+    lw = _log_weights_given_b(params, x, b, log_qb, eps_a, z)
+    return log_p_z(params, z) + logsumexp(lw) - math.log(lw.shape[0])
+
+
+def log_joint(params: Params, x: jnp.ndarray, z: jnp.ndarray, eps_b: jnp.ndarray, eps_a: jnp.ndarray
+              ) -> jnp.ndarray:
+    """Importance-sampled ``log p(x, z)`` of one galaxy at one redshift (scalar).
+
+    ``log p(z) + log (1/N) sum_k w_k(z)`` with the fixed noise ``eps_b`` (N, B), ``eps_a`` (N, A):
+    a smooth deterministic function of ``z``.  Vectorise with ``jax.vmap`` (over ``z`` with
+    ``in_axes=(None, None, 0, None, None)``, over galaxies with ``(None, 0, None/0, 0, 0)``).
+    """
+    b, log_qb = b_samples(params, x, eps_b)
+    return _log_joint_given_b(params, x, b, log_qb, eps_a, z)
+
+
+def kish_ess(log_w: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+    """Kish effective sample size ``(sum w)^2 / sum w^2`` of log-weights along ``axis``."""
+    return jnp.exp(2.0 * logsumexp(log_w, axis=axis) - logsumexp(2.0 * log_w, axis=axis))
+
+
+# --------------------------------------------------------------------------------------------
+# Chunking helpers
+# --------------------------------------------------------------------------------------------
+def _chunks(n: int, size: int):
+    """(start, indices padded to ``size`` with the last row, number of real rows)."""
+    for s in range(0, n, size):
+        idx = np.arange(s, min(n, s + size))
+        real = len(idx)
+        if real < size:
+            idx = np.concatenate([idx, np.full(size - real, idx[-1])])
+        yield s, idx, real
+
+
+def _as_x(x: np.ndarray, params: Params) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != params["static"].dim_x:
+        raise ValueError(f"x must be (n_galaxies, {params['static'].dim_x}), got {x.shape}")
+    return x
+
+
+def _dtype(params: Params):
+    return params["prior_mu_z"].dtype
+
+
+@partial(jax.jit, static_argnames=("n",))
+def _setup_chunk(params: Params, key: jax.Array, index: jnp.ndarray, x: jnp.ndarray, n: int):
+    """Per galaxy of a chunk: b samples, log q(b|x) and eps_a."""
+    st = params["static"]
+    eps_b, eps_a = jax.vmap(lambda i: galaxy_noise(key, i, n, st.dim_b, st.dim_a))(index)
+    eps_b, eps_a = eps_b.astype(x.dtype), eps_a.astype(x.dtype)
+    b, log_qb = jax.vmap(b_samples, in_axes=(None, 0, 0))(params, x, eps_b)
+    return b, log_qb, eps_a
+
+
+@jax.jit
+def _pairs(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray, eps_a: jnp.ndarray,
+           gi: jnp.ndarray, z: jnp.ndarray):
+    """log p(x, z) and the Kish ESS of the weights for (galaxy-in-chunk, z) pairs."""
+    def one(g, zz):
+        lw = _log_weights_given_b(params, x[g], b[g], log_qb[g], eps_a[g], zz)
+        lj = log_p_z(params, zz) + logsumexp(lw) - math.log(lw.shape[0])
+        return lj, kish_ess(lw)
+    return jax.vmap(one)(gi, z)
+
+
+# --------------------------------------------------------------------------------------------
+# Amortised q(z|x) in JAX (for the support of the grid posterior and the HMC start)
+# --------------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnames=("n_b",))
+def _amortised_chunk(params: Params, key: jax.Array, x: jnp.ndarray, log_edges: jnp.ndarray, n_b: int):
+    eps = jax.random.normal(key, (n_b, params["static"].dim_b), dtype=x.dtype)
+
+    def one(xi):
+        b, _ = b_samples(params, xi, eps)
+        mu, logvar = q_z_given_bx(params, b, jnp.broadcast_to(xi, (n_b, xi.shape[-1])))
+        cdf = ndtr((log_edges[None, :] - mu) * jnp.exp(-0.5 * logvar))  # (n_b, nz + 1)
+        mu0, lv0 = q_z_given_bx(params, q_b_given_x(params, xi)[0], xi)  # at b = mu_b(x)
+        return (cdf[:, 1:] - cdf[:, :-1]).mean(0), mu0[0], jnp.exp(0.5 * lv0[0])
+
+    return jax.vmap(one)(x)
+
+
+def amortised_on_grid(params: Params, x: np.ndarray, zgrid: np.ndarray, n_b: int = 16, seed: int = 0,
+                      chunk_galaxies: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The amortised q(z|x) on the grid (cell averages) and the log-normal q(z | b = mu_b(x), x).
+
+    Returns
+    -------
+    pdf
+        (G, nz) densities (cell masses / cell widths), not renormalised.
+    mu_u, sigma_u
+        (G,) mean and width of ``log z`` under q(z | b = mu_b(x), x): the HMC start and scale.
+    """
+    x = _as_x(x, params)
+    edges = cell_edges(np.asarray(zgrid, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        log_edges = jnp.asarray(np.log(edges), dtype=_dtype(params))
+    widths = np.diff(edges)
+    key = jax.random.PRNGKey(seed)
+    pdf = np.empty((len(x), len(zgrid)))
+    mu = np.empty(len(x))
+    sig = np.empty(len(x))
+    for s, idx, real in _chunks(len(x), chunk_galaxies):
+        m, mu_c, sig_c = _amortised_chunk(params, key, jnp.asarray(x[idx], _dtype(params)), log_edges, n_b)
+        pdf[s : s + real] = np.asarray(m, np.float64)[:real] / widths
+        mu[s : s + real] = np.asarray(mu_c)[:real]
+        sig[s : s + real] = np.asarray(sig_c)[:real]
+    return pdf, mu, sig
+
+
+def support_mask(zgrid: np.ndarray, pdf: np.ndarray, tol: float = 1e-4, margin: float = 0.5,
+                 margin_abs: float = 0.05) -> np.ndarray:
+    """Grid points where a PDF has mass: the central ``1 - tol`` interval of its CDF, in log z,
+    widened on each side by ``margin`` times its width plus ``margin_abs``.  (G, nz) booleans."""
+    from .grid import cdf_on_grid
+
+    zgrid = np.asarray(zgrid, dtype=np.float64)
+    p, _ = normalise(zgrid, pdf)
+    cdf = cdf_on_grid(zgrid, p)
+    nz = len(zgrid)
+    lo = zgrid[np.clip(np.argmax(cdf >= 0.5 * tol, axis=1) - 1, 0, nz - 1)]
+    hi = zgrid[np.clip(np.argmax(cdf >= 1.0 - 0.5 * tol, axis=1) + 1, 0, nz - 1)]
+    tiny = max(zgrid[zgrid > 0].min() if np.any(zgrid > 0) else 1e-3, 1e-6)
+    llo, lhi = np.log(np.maximum(lo, tiny)), np.log(np.maximum(hi, tiny))
+    w = lhi - llo
+    llo, lhi = llo - margin * w - margin_abs, lhi + margin * w + margin_abs
+    with np.errstate(divide="ignore"):
+        lz = np.log(zgrid)
+    return (lz[None, :] >= llo[:, None]) & (lz[None, :] <= lhi[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Grid posterior
+# --------------------------------------------------------------------------------------------
+@dataclass
+class GridPosterior:
+    """Result of :func:`grid_posterior` (numpy arrays, G galaxies, nz grid points).
+
+    Attributes
+    ----------
+    pdf
+        (G, nz) p(z|x) at the grid points, unit trapezoid integral (flat where nothing finite).
+    log_joint
+        (G, nz) importance-sampled log p(x, z); ``-inf`` where not evaluated (z <= 0 or outside
+        the support).
+    kish_ess
+        (G, nz) Kish ESS of the N importance weights at each evaluated z (NaN elsewhere).
+    ess_at_mode
+        (G,) Kish ESS at the posterior's highest grid point.
+    log_px_grid
+        (G,) log of the trapezoid integral of p(x, z) over the grid (log p(x) restricted to the grid).
+    n_evaluated
+        (G,) number of grid points evaluated.
+    flag
+        (G,) 1 where no finite PDF came out (flat PDF returned), else 0.
+    """
+
+    pdf: np.ndarray
+    log_joint: np.ndarray
+    kish_ess: np.ndarray
+    ess_at_mode: np.ndarray
+    log_px_grid: np.ndarray
+    n_evaluated: np.ndarray
+    flag: np.ndarray
+
+
+def grid_posterior(
+    params: Params,
+    x: np.ndarray,
+    zgrid: np.ndarray,
+    n_importance: int = 256,
+    seed: int = 0,
+    support_tol: float | None = None,
+    support_margin: float = 0.5,
+    n_b_amortised: int = 32,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    chunk_galaxies: int = 256,
+) -> GridPosterior:
+    """p(z|x) from the importance-sampled log p(x, z) on the redshift grid, normalised exactly.
+
+    Parameters
+    ----------
+    params
+        Exported parameters (:func:`photovaez.export.export_params`).
+    x
+        Standardised features, (G, D_x).
+    zgrid
+        Redshift grid; points with z <= 0 get density 0 (p(z) is log-normal).
+    n_importance
+        N, the number of (a, b) importance samples per galaxy (held fixed across z).
+    seed
+        Fixes the noise (galaxy i uses ``fold_in(PRNGKey(seed), i)``).
+    support_tol
+        ``None``: evaluate every grid point.  A number: evaluate only where the amortised q(z|x)
+        has mass -- its central ``1 - support_tol`` interval in log z widened by ``support_margin``
+        times its width (plus 0.05) on each side (:func:`support_mask`); elsewhere the density is
+        set to 0.  This saves work in proportion to the grid fraction skipped, but posterior
+        mass far outside the amortised PDF (where the encoder is badly wrong) is lost.
+    max_rows
+        Cap on galaxies x redshifts x samples per compiled call (memory bound).
+    chunk_galaxies
+        Galaxies whose noise and b samples are held at once.
+    """
+    x = _as_x(x, params)
+    zgrid = np.asarray(zgrid, dtype=np.float64)
+    G, nz = len(x), len(zgrid)
+    dt = _dtype(params)
+    mask = np.broadcast_to(zgrid > 0, (G, nz)).copy()
+    if support_tol is not None:
+        amort, _, _ = amortised_on_grid(params, x, zgrid, n_b=n_b_amortised, seed=seed)
+        mask &= support_mask(zgrid, amort, support_tol, support_margin)
+    L = np.full((G, nz), -np.inf)
+    K = np.full((G, nz), np.nan)
+    n_pairs = max(1, int(max_rows) // int(n_importance))
+    cg = max(1, min(int(chunk_galaxies), G))
+    key = jax.random.PRNGKey(seed)
+    zj = jnp.asarray(zgrid, dt)
+    for s, idx, real in _chunks(G, cg):
+        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx), jnp.asarray(x[idx], dt), int(n_importance))
+        xc = jnp.asarray(x[idx], dt)
+        gi, zi = np.nonzero(mask[s : s + real])
+        if len(gi) == 0:
+            continue
+        for p0 in range(0, len(gi), n_pairs):
+            g_blk, z_blk = gi[p0 : p0 + n_pairs], zi[p0 : p0 + n_pairs]
+            m = len(g_blk)
+            if m < n_pairs:
+                g_blk = np.concatenate([g_blk, np.full(n_pairs - m, g_blk[-1])])
+                z_blk = np.concatenate([z_blk, np.full(n_pairs - m, z_blk[-1])])
+            lj, ess = _pairs(params, xc, b, log_qb, eps_a, jnp.asarray(g_blk), zj[z_blk])
+            L[s + g_blk[:m], z_blk[:m]] = np.asarray(lj, np.float64)[:m]
+            K[s + g_blk[:m], z_blk[:m]] = np.asarray(ess, np.float64)[:m]
+    L = np.where(np.isfinite(L) | (L == -np.inf), L, -np.inf)  # NaN -> no mass
+    mx = np.max(L, axis=1, keepdims=True)
+    ok = np.isfinite(mx[:, 0])
+    rel = np.exp(L - np.where(ok[:, None], mx, 0.0))
+    norm = np.trapezoid(rel, zgrid, axis=1)
+    pdf, flag = normalise(zgrid, rel)
+    with np.errstate(divide="ignore"):
+        log_px_grid = np.where(ok & (norm > 0), mx[:, 0] + np.log(np.maximum(norm, 1e-300)), -np.inf)
+    k = np.argmax(L, axis=1)
+    return GridPosterior(pdf, L, K, K[np.arange(G), k], log_px_grid, mask.sum(1), flag)
+
+
+# --------------------------------------------------------------------------------------------
+# KDE on the grid
+# --------------------------------------------------------------------------------------------
+@jax.jit
+def _kde_chunk(u: jnp.ndarray, w: jnp.ndarray, h: jnp.ndarray, log_edges: jnp.ndarray) -> jnp.ndarray:
+    cdf = ndtr((log_edges[None, None, :] - u[..., None]) / h[:, None, None])  # (g, S, nz + 1)
+    return jnp.einsum("gs,gsk->gk", w, cdf[..., 1:] - cdf[..., :-1])
+
+
+def kde_on_grid(u: np.ndarray, zgrid: np.ndarray, weights: np.ndarray | None = None,
+                bandwidth: np.ndarray | float | None = None, min_bandwidth: float = 1e-3,
+                chunk_galaxies: int = 64) -> np.ndarray:
+    """Gaussian KDE of samples of ``u = log z``, as cell averages of the density in z on the grid.
+
+    Each sample contributes the mass of N(u_i, h^2) between the log cell edges; the density at a
+    grid point is its cell's mass divided by the cell width (:func:`photovaez.grid.cell_edges`).
+    The bandwidth is Silverman's rule ``0.9 min(sd, IQR/1.34) n^(-1/5)`` in log z with
+    ``n`` the Kish ESS of the weights (the number of samples when unweighted), at least
+    ``min_bandwidth``.
+
+    Parameters
+    ----------
+    u
+        (G, S) samples of log z.
+    weights
+        Optional (G, S) non-negative weights (normalised here).
+    bandwidth
+        Optional fixed bandwidth(s) in log z (scalar or (G,)).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    G, S = u.shape
+    w = np.full((G, S), 1.0 / S) if weights is None else np.asarray(weights, np.float64)
+    w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+    if bandwidth is None:
+        mean = (w * u).sum(1)
+        sd = np.sqrt(np.maximum((w * (u - mean[:, None]) ** 2).sum(1), 0.0))
+        order = np.argsort(u, axis=1)
+        us, cw = np.take_along_axis(u, order, 1), np.cumsum(np.take_along_axis(w, order, 1), 1)
+        q = lambda p: us[np.arange(G), np.clip((cw < p).sum(1), 0, S - 1)]
+        iqr = q(0.75) - q(0.25)
+        spread = np.where(iqr > 0, np.minimum(sd, iqr / 1.34), sd)
+        n_eff = 1.0 / np.maximum((w**2).sum(1), 1e-300)
+        h = 0.9 * spread * n_eff ** (-0.2)
+    else:
+        h = np.broadcast_to(np.asarray(bandwidth, np.float64), (G,))
+    h = np.maximum(h, min_bandwidth)
+    edges = cell_edges(np.asarray(zgrid, np.float64))
+    with np.errstate(divide="ignore"):
+        log_edges = jnp.asarray(np.log(edges))
+    out = np.empty((G, len(zgrid)))
+    for s, idx, real in _chunks(G, max(1, min(chunk_galaxies, G))):
+        m = _kde_chunk(jnp.asarray(u[idx]), jnp.asarray(w[idx]), jnp.asarray(h[idx]), log_edges)
+        out[s : s + real] = np.asarray(m, np.float64)[:real]
+    return out / np.diff(edges)[None, :]
+
+
+# --------------------------------------------------------------------------------------------
+# HMC (NUTS in u = log z), one chain per galaxy
+# --------------------------------------------------------------------------------------------
+def _potential_gen(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray, eps_a: jnp.ndarray):
+    """NumPyro ``potential_fn_gen``: U(u) = -(log p(x, e^u) + u) (``+u``: the Jacobian of z = e^u)."""
+    def potential(u):
+        return -(_log_joint_given_b(params, x, b, log_qb, eps_a, jnp.exp(u)) + u)
+    return potential
+
+
+@partial(jax.jit, static_argnames=("num_warmup", "num_samples", "max_tree_depth", "target_accept"))
+def _hmc_chunk(params, keys, x, b, log_qb, eps_a, u0, s0, *, num_warmup: int, num_samples: int,
+               max_tree_depth: int, target_accept: float):
+    from numpyro.infer.hmc import hmc
+    from numpyro.util import fori_collect
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen, algo="NUTS")
+
+    def run_one(key, xi, bi, lqbi, eai, u0i, s0i):
+        args = (params, xi, bi, lqbi, eai)
+        state = init_kernel(u0i, num_warmup, step_size=1.0, inverse_mass_matrix=jnp.reshape(s0i**2, (1,)),
+                            target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                            model_args=args, rng_key=key)
+        return fori_collect(
+            num_warmup, num_warmup + num_samples, lambda s: sample_kernel(s, model_args=args), state,
+            transform=lambda s: (s.z, s.diverging, s.num_steps, s.adapt_state.step_size), progbar=False)
+
+    return jax.vmap(run_one)(keys, x, b, log_qb, eps_a, u0, s0)
+
+
+@dataclass
+class HMCPosterior:
+    """Result of :func:`hmc_posterior` (numpy arrays).
+
+    Attributes
+    ----------
+    z
+        (G, num_samples) posterior samples of z.
+    pdf
+        (G, nz) KDE of the samples in log z, cell-averaged on the grid, unit integral.
+    divergences
+        (G,) divergent transitions among the kept samples.
+    ess
+        (G,) effective sample size of log z (numpyro.diagnostics.effective_sample_size).
+    mean_steps
+        (G,) mean number of leapfrog steps per kept sample.
+    step_size
+        (G,) adapted step size (in the units of the adapted mass matrix).
+    flag
+        (G,) 1 where no finite PDF came out, else 0.
+    """
+
+    z: np.ndarray
+    pdf: np.ndarray
+    divergences: np.ndarray
+    ess: np.ndarray
+    mean_steps: np.ndarray
+    step_size: np.ndarray
+    flag: np.ndarray
+
+
+def hmc_posterior(
+    params: Params,
+    x: np.ndarray,
+    zgrid: np.ndarray,
+    n_importance: int = 64,
+    num_warmup: int = 300,
+    num_samples: int = 500,
+    max_tree_depth: int = 6,
+    target_accept: float = 0.8,
+    seed: int = 0,
+    chunk_galaxies: int = 64,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    bandwidth: float | None = None,
+) -> HMCPosterior:
+    """Sample p(z|x) with NUTS in ``u = log z`` on the importance-sampled :func:`log_joint`.
+
+    One chain per galaxy, each with its own step-size and (diagonal) mass-matrix adaptation,
+    vmapped over a chunk of galaxies through NumPyro's functional ``hmc(potential_fn_gen=...,
+    algo="NUTS")`` and ``fori_collect``.  The potential is ``-(log p(x, e^u) + u)``.  The chain
+    starts at the mean of log z under q(z | b = mu_b(x), x) (the amortised mode of one
+    log-normal component) with the initial inverse mass set to its variance.  The importance
+    noise is the same as in :func:`grid_posterior` with the same ``seed`` and ``n_importance``,
+    so both target the same density (HMC on (0, inf), the grid on [zmin, zmax]).
+
+    A batched NUTS iteration costs the longest trajectory in the chunk: keep ``max_tree_depth``
+    small (5-7 is plenty in one dimension) and the chunks moderate.
+
+    Parameters
+    ----------
+    n_importance
+        N, importance samples of (a, b) per potential evaluation.
+    num_warmup, num_samples
+        Adaptation and kept iterations per chain.
+    seed
+        Fixes the importance noise and the chains' keys.
+    chunk_galaxies
+        Chains run together (also capped so that chunk x N <= ``max_rows``).
+    bandwidth
+        KDE bandwidth in log z for the grid PDF (default: Silverman's rule per galaxy).
+    """
+    from numpyro.diagnostics import effective_sample_size
+
+    x = _as_x(x, params)
+    G = len(x)
+    dt = _dtype(params)
+    _, mu_u, sig_u = amortised_on_grid(params, x, zgrid, n_b=1, seed=seed)
+    cg = max(1, min(int(chunk_galaxies), G, int(max_rows) // int(n_importance)))
+    key = jax.random.PRNGKey(seed)
+    chain_key = jax.random.fold_in(key, 2**31 - 1)
+    zs = np.empty((G, num_samples))
+    div = np.empty(G, np.int64)
+    steps = np.empty(G)
+    eps = np.empty(G)
+    for s, idx, real in _chunks(G, cg):
+        xc = jnp.asarray(x[idx], dt)
+        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx), xc, int(n_importance))
+        keys = jax.vmap(lambda i: jax.random.fold_in(chain_key, i))(jnp.asarray(idx))
+        u, d, n, st = _hmc_chunk(
+            params, keys, xc, b, log_qb, eps_a, jnp.asarray(mu_u[idx], dt), jnp.asarray(sig_u[idx], dt),
+            num_warmup=int(num_warmup), num_samples=int(num_samples), max_tree_depth=int(max_tree_depth),
+            target_accept=float(target_accept))
+        zs[s : s + real] = np.exp(np.asarray(u, np.float64).reshape(len(idx), num_samples))[:real]
+        div[s : s + real] = np.asarray(d).reshape(len(idx), num_samples).sum(1)[:real]
+        steps[s : s + real] = np.asarray(n, np.float64).reshape(len(idx), num_samples).mean(1)[:real]
+        eps[s : s + real] = np.asarray(st, np.float64).reshape(len(idx), num_samples)[:real, -1]
+    lu = np.log(zs)
+    ess = np.asarray(effective_sample_size(lu.T[None]), np.float64) if num_samples >= 2 else np.ones(G)
+    pdf, flag = normalise(np.asarray(zgrid, np.float64), kde_on_grid(lu, zgrid, bandwidth=bandwidth))
+    return HMCPosterior(zs, pdf, div, ess, steps, eps, flag)
+
+
+# --------------------------------------------------------------------------------------------
+# IWAE log p(x) and self-normalised importance sampling of (z, a, b)
+# --------------------------------------------------------------------------------------------
+def _joint_proposal(params: Params, x: jnp.ndarray, key: jax.Array, n: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(log z samples (n,), log-weights (n,)) of one galaxy with (z, a, b) from the encoder."""
+    st = params["static"]
+    kb, kz, ka = jax.random.split(key, 3)
+    dt = x.dtype
+    eps_b = jax.random.normal(kb, (n, st.dim_b), dt)
+    eps_z = jax.random.normal(kz, (n,), dt)
+    eps_a = jax.random.normal(ka, (n, st.dim_a), dt)
+    b, log_qb = b_samples(params, x, eps_b)
+    xn = jnp.broadcast_to(x, (n, x.shape[-1]))
+    mu_z, lv_z = q_z_given_bx(params, b, xn)
+    u = mu_z[:, 0] + jnp.exp(0.5 * lv_z[:, 0]) * eps_z
+    z = jnp.exp(u)
+    log_qz = -0.5 * (_LOG_2PI + lv_z[:, 0] + eps_z**2) - u
+    mu_a, lv_a = q_a_given_xbz(params, xn, b, z)
+    a = mu_a + jnp.exp(0.5 * lv_a) * eps_a
+    log_qa = -0.5 * jnp.sum(_LOG_2PI + lv_a + eps_a**2, axis=-1)
+    lw = (log_normal_diag(xn, *p_x_given_abz(params, a, b, z)) + log_normal_diag(b, *p_b_given_az(params, a, z))
+          + log_p_a(a) + log_p_z(params, z) - log_qa - log_qz - log_qb)
+    return u, lw
+
+
+@partial(jax.jit, static_argnames=("n",))
+def _proposal_chunk(params: Params, key: jax.Array, index: jnp.ndarray, x: jnp.ndarray, n: int):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+    return jax.vmap(_joint_proposal, in_axes=(None, 0, 0, None))(params, x, keys, n)
+
+
+def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, keep_samples: bool):
+    x = _as_x(x, params)
+    G = len(x)
+    dt = _dtype(params)
+    cg = max(1, min(G, int(max_rows) // int(n)))
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 2)
+    lpx, ess = np.empty(G), np.empty(G)
+    us = np.empty((G, n)) if keep_samples else None
+    lws = np.empty((G, n)) if keep_samples else None
+    for s, idx, real in _chunks(G, cg):
+        u, lw = _proposal_chunk(params, key, jnp.asarray(idx), jnp.asarray(x[idx], dt), int(n))
+        lw64 = np.asarray(lw, np.float64)[:real]
+        lw64 = np.where(np.isnan(lw64), -np.inf, lw64)
+        mx = np.max(lw64, axis=1, keepdims=True)
+        okm = np.where(np.isfinite(mx), mx, 0.0)
+        s1 = np.exp(lw64 - okm).sum(1)
+        s2 = np.exp(2 * (lw64 - okm)).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lpx[s : s + real] = okm[:, 0] + np.log(s1) - math.log(n)
+            ess[s : s + real] = np.where(s2 > 0, s1**2 / s2, 0.0)
+        if keep_samples:
+            us[s : s + real] = np.asarray(u, np.float64)[:real]
+            lws[s : s + real] = lw64
+    return lpx, ess, us, lws
+
+
+@dataclass
+class LogPx:
+    """IWAE log p(x) per galaxy and the Kish ESS of its K weights."""
+
+    log_px: np.ndarray
+    kish_ess: np.ndarray
+
+
+def log_px(params: Params, x: np.ndarray, n_importance: int = 256, seed: int = 0,
+           max_rows: int = DEFAULT_MAX_ROWS) -> LogPx:
+    """IWAE estimate ``log (1/K) sum_k p(x, z_k, a_k, b_k) / q(z_k, a_k, b_k | x)`` per galaxy.
+
+    (b, z, a) ~ q(b|x) q(z|b,x) q(a|x,b,z).  A lower bound in expectation, tight as K grows;
+    used as the outlier score (low log p(x): photometry unlike the training data).
+
+    Parameters
+    ----------
+    x
+        Standardised features (G, D_x).
+    n_importance
+        K samples per galaxy.
+    """
+    lpx, ess, _, _ = _proposal(params, x, n_importance, seed, max_rows, keep_samples=False)
+    return LogPx(lpx, ess)
+
+
+@dataclass
+class SNISPosterior:
+    """Result of :func:`snis_posterior`: the PDF on the grid, log p(x) and the Kish ESS."""
+
+    pdf: np.ndarray
+    log_px: np.ndarray
+    kish_ess: np.ndarray
+    flag: np.ndarray
+
+
+def snis_posterior(params: Params, x: np.ndarray, zgrid: np.ndarray, n_importance: int = 1024, seed: int = 0,
+                   max_rows: int = DEFAULT_MAX_ROWS, bandwidth: float | None = None) -> SNISPosterior:
+    """Self-normalised importance sampling of p(z|x): (z, a, b) drawn jointly from the encoder,
+    weights ``p(x, z, a, b) / q(z, a, b | x)``, PDF by a weighted Gaussian KDE in log z
+    (:func:`kde_on_grid`; the bandwidth uses the Kish ESS).  The same draws give the IWAE log p(x).
+    """
+    lpx, ess, u, lw = _proposal(params, x, n_importance, seed, max_rows, keep_samples=True)
+    mx = np.max(lw, axis=1, keepdims=True)
+    w = np.exp(lw - np.where(np.isfinite(mx), mx, 0.0))
+    pdf, flag = normalise(np.asarray(zgrid, np.float64), kde_on_grid(u, zgrid, weights=w, bandwidth=bandwidth))
+    return SNISPosterior(pdf, lpx, ess, flag)
