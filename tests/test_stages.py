@@ -342,3 +342,33 @@ def test_unlabeled_data_as_path(tables, dc2_tables, tmp_path):
                                          **{**TINY, "hdf5_groupname": "photometry"})
     report = stage.inform({"photometry": tables[0]}, unlabeled_data=path).data["report"]
     assert report["n_unlabelled"] == 30 and report["n_labelled"] == 300
+
+
+# ------------------------------------------------------------------------------------------
+# posterior modes
+
+
+@pytest.mark.parametrize("mode", ["grid", "hmc", "snis"])
+def test_posterior_modes_in_the_stage_are_chunk_invariant(trained, tables, mode):
+    """Each posterior mode gives normalised PDFs with log_px (and the HMC diagnostics), and the
+    same result whether the galaxies come in one chunk or several."""
+    extra = dict(hmc_num_warmup=60, hmc_num_samples=60, hmc_max_tree_depth=4) if mode == "hmc" else {}
+    table = _rows(tables[1], slice(0, 12))
+    out = []
+    for chunk in (100, 5):
+        est = PhotoVAEzEstimator.make_stage(name=_name("est"), model=trained[0].data, posterior=mode,
+                                            n_importance=16, n_importance_px=16, chunk_size=chunk,
+                                            hdf5_groupname="", output_mode="return", **extra)
+        out.append(est.estimate(table).data)
+    a, b = out
+    zg = np.ravel(a.metadata["xvals"])
+    np.testing.assert_allclose(np.trapezoid(a.objdata["yvals"], zg, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(a.objdata["yvals"], b.objdata["yvals"], rtol=1e-4, atol=1e-6)
+    assert np.all(np.isfinite(np.ravel(a.ancil["log_px"])))
+    if mode == "hmc":
+        assert {"divergences", "ess"} <= set(a.ancil)
+
+
+def test_unknown_posterior_mode_is_named(trained):
+    with pytest.raises(ValueError, match="posterior='gird'.*did you mean 'grid'"):
+        PhotoVAEzEstimator.make_stage(name=_name("est"), model=trained[1], posterior="gird")

@@ -107,6 +107,15 @@ class Predictor:
         phot = clean_photometry(table, self.spec)
         return features(phot, self.spec, self.scaler), phot
 
+    @property
+    def jax_params(self) -> Any:
+        """The networks exported to JAX (:func:`photovaez.export.export_params`), built once."""
+        if getattr(self, "_jax_params", None) is None:
+            from .export import export_params
+
+            self._jax_params = export_params(self.model_dict)
+        return self._jax_params
+
 
 def load_predictor(model_dict: Mapping[str, Any]) -> Predictor:
     """Build a :class:`Predictor` from a model dict (validated)."""
@@ -158,6 +167,7 @@ def estimate_posterior(
     n_importance: int | None = None,
     seed: int = 0,
     n_importance_px: int = 256,
+    index_offset: int = 0,
     **settings: Any,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Model-posterior PDFs p(z|x) of a table on ``zgrid`` (SPEC "Photo-z estimation" 2).
@@ -184,6 +194,9 @@ def estimate_posterior(
         Fixes every random draw.
     n_importance_px
         Samples of the IWAE log p(x) reported in ``ancil["log_px"]`` (snis reuses its own draws).
+    index_offset
+        Catalogue index of the table's first row: every galaxy's random draws are keyed by its
+        catalogue index, so the result does not depend on how the catalogue is chunked.
     **settings
         Passed on to the mode's function (e.g. ``support_tol``, ``max_rows``, ``num_warmup``,
         ``num_samples``, ``max_tree_depth``, ``chunk_galaxies``).
@@ -197,7 +210,6 @@ def estimate_posterior(
         ``n_nondetect``, ``pdf_flag``; for ``grid`` also ``ess_at_mode`` (Kish ESS of the N weights
         at the posterior mode); for ``hmc`` also ``divergences`` and ``ess``.
     """
-    from .export import export_params
     from . import posterior as post
 
     if mode not in ("grid", "hmc", "snis"):
@@ -210,21 +222,21 @@ def estimate_posterior(
         return np.zeros((0, len(zgrid))), {k: np.zeros(0) for k in keys} | {
             "n_nondetect": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
     n_imp = int(n_importance or {"grid": 256, "hmc": 64, "snis": 1024}[mode])
-    params = export_params(predictor.model_dict)
+    params = predictor.jax_params
     x, phot = predictor.features(table)
     ancil: dict[str, np.ndarray] = {}
     if mode == "grid":
-        r = post.grid_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, **settings)
+        r = post.grid_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, index_offset=index_offset, **settings)
         raw, ancil["ess_at_mode"] = r.pdf, r.ess_at_mode
     elif mode == "hmc":
-        r = post.hmc_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, **settings)
+        r = post.hmc_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, index_offset=index_offset, **settings)
         raw, ancil["divergences"], ancil["ess"] = r.pdf, r.divergences, r.ess
     else:
-        r = post.snis_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, **settings)
+        r = post.snis_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, index_offset=index_offset, **settings)
         raw = r.pdf
         ancil["log_px"], ancil["kish_ess"] = r.log_px, r.kish_ess
     if mode != "snis":
-        lp = post.log_px(params, x, n_importance=n_importance_px, seed=seed)
+        lp = post.log_px(params, x, n_importance=n_importance_px, seed=seed, index_offset=index_offset)
         ancil["log_px"], ancil["kish_ess"] = lp.log_px, lp.kish_ess
     pdfs, flag = normalise(zgrid, raw)
     flag = np.maximum(flag, np.asarray(r.flag, np.int8))
@@ -236,4 +248,16 @@ def estimate_posterior(
     return pdfs, out
 
 
-__all__ += ["estimate_posterior"]
+def log_px(predictor: Predictor, table: Mapping[str, Any], n_importance: int = 256, seed: int = 0,
+           index_offset: int = 0) -> np.ndarray:
+    """IWAE estimate of log p(x) per galaxy (:func:`photovaez.posterior.log_px`): low values flag
+    photometry unlike the training data.  Draws are keyed by catalogue index (``index_offset``)."""
+    from . import posterior as post
+
+    if _n_rows(table) == 0:
+        return np.zeros(0)
+    x, _ = predictor.features(table)
+    return post.log_px(predictor.jax_params, x, n_importance=n_importance, seed=seed, index_offset=index_offset).log_px
+
+
+__all__ += ["estimate_posterior", "log_px"]

@@ -309,6 +309,7 @@ def grid_posterior(
     n_b_amortised: int = 32,
     max_rows: int = DEFAULT_MAX_ROWS,
     chunk_galaxies: int = 256,
+    index_offset: int = 0,
 ) -> GridPosterior:
     """p(z|x) from the importance-sampled log p(x, z) on the redshift grid, normalised exactly.
 
@@ -334,6 +335,9 @@ def grid_posterior(
         Cap on galaxies x redshifts x samples per compiled call (memory bound).
     chunk_galaxies
         Galaxies whose noise and b samples are held at once.
+    index_offset
+        Catalogue index of ``x[0]``: galaxy ``i`` of ``x`` draws its noise from
+        ``fold_in(PRNGKey(seed), index_offset + i)``, so a chunked run equals a single one.
     """
     x = _as_x(x, params)
     zgrid = np.asarray(zgrid, dtype=np.float64)
@@ -350,7 +354,7 @@ def grid_posterior(
     key = jax.random.PRNGKey(seed)
     zj = jnp.asarray(zgrid, dt)
     for s, idx, real in _chunks(G, cg):
-        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx), jnp.asarray(x[idx], dt), int(n_importance))
+        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx + index_offset), jnp.asarray(x[idx], dt), int(n_importance))
         xc = jnp.asarray(x[idx], dt)
         gi, zi = np.nonzero(mask[s : s + real])
         if len(gi) == 0:
@@ -506,6 +510,7 @@ def hmc_posterior(
     chunk_galaxies: int = 64,
     max_rows: int = DEFAULT_MAX_ROWS,
     bandwidth: float | None = None,
+    index_offset: int = 0,
 ) -> HMCPosterior:
     """Sample p(z|x) with NUTS in ``u = log z`` on the importance-sampled :func:`log_joint`.
 
@@ -548,8 +553,8 @@ def hmc_posterior(
     eps = np.empty(G)
     for s, idx, real in _chunks(G, cg):
         xc = jnp.asarray(x[idx], dt)
-        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx), xc, int(n_importance))
-        keys = jax.vmap(lambda i: jax.random.fold_in(chain_key, i))(jnp.asarray(idx))
+        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx + index_offset), xc, int(n_importance))
+        keys = jax.vmap(lambda i: jax.random.fold_in(chain_key, i))(jnp.asarray(idx + index_offset))
         u, d, n, st = _hmc_chunk(
             params, keys, xc, b, log_qb, eps_a, jnp.asarray(mu_u[idx], dt), jnp.asarray(sig_u[idx], dt),
             num_warmup=int(num_warmup), num_samples=int(num_samples), max_tree_depth=int(max_tree_depth),
@@ -595,7 +600,8 @@ def _proposal_chunk(params: Params, key: jax.Array, index: jnp.ndarray, x: jnp.n
     return jax.vmap(_joint_proposal, in_axes=(None, 0, 0, None))(params, x, keys, n)
 
 
-def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, keep_samples: bool):
+def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, keep_samples: bool,
+              index_offset: int = 0):
     x = _as_x(x, params)
     G = len(x)
     dt = _dtype(params)
@@ -605,7 +611,7 @@ def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, k
     us = np.empty((G, n)) if keep_samples else None
     lws = np.empty((G, n)) if keep_samples else None
     for s, idx, real in _chunks(G, cg):
-        u, lw = _proposal_chunk(params, key, jnp.asarray(idx), jnp.asarray(x[idx], dt), int(n))
+        u, lw = _proposal_chunk(params, key, jnp.asarray(idx + index_offset), jnp.asarray(x[idx], dt), int(n))
         lw64 = np.asarray(lw, np.float64)[:real]
         lw64 = np.where(np.isnan(lw64), -np.inf, lw64)
         mx = np.max(lw64, axis=1, keepdims=True)
@@ -630,7 +636,7 @@ class LogPx:
 
 
 def log_px(params: Params, x: np.ndarray, n_importance: int = 256, seed: int = 0,
-           max_rows: int = DEFAULT_MAX_ROWS) -> LogPx:
+           max_rows: int = DEFAULT_MAX_ROWS, index_offset: int = 0) -> LogPx:
     """IWAE estimate ``log (1/K) sum_k p(x, z_k, a_k, b_k) / q(z_k, a_k, b_k | x)`` per galaxy.
 
     (b, z, a) ~ q(b|x) q(z|b,x) q(a|x,b,z).  A lower bound in expectation, tight as K grows;
@@ -643,7 +649,8 @@ def log_px(params: Params, x: np.ndarray, n_importance: int = 256, seed: int = 0
     n_importance
         K samples per galaxy.
     """
-    lpx, ess, _, _ = _proposal(params, x, n_importance, seed, max_rows, keep_samples=False)
+    lpx, ess, _, _ = _proposal(params, x, n_importance, seed, max_rows, keep_samples=False,
+                               index_offset=index_offset)
     return LogPx(lpx, ess)
 
 
@@ -658,12 +665,14 @@ class SNISPosterior:
 
 
 def snis_posterior(params: Params, x: np.ndarray, zgrid: np.ndarray, n_importance: int = 1024, seed: int = 0,
-                   max_rows: int = DEFAULT_MAX_ROWS, bandwidth: float | None = None) -> SNISPosterior:
+                   max_rows: int = DEFAULT_MAX_ROWS, bandwidth: float | None = None,
+                   index_offset: int = 0) -> SNISPosterior:
     """Self-normalised importance sampling of p(z|x): (z, a, b) drawn jointly from the encoder,
     weights ``p(x, z, a, b) / q(z, a, b | x)``, PDF by a weighted Gaussian KDE in log z
     (:func:`kde_on_grid`; the bandwidth uses the Kish ESS).  The same draws give the IWAE log p(x).
     """
-    lpx, ess, u, lw = _proposal(params, x, n_importance, seed, max_rows, keep_samples=True)
+    lpx, ess, u, lw = _proposal(params, x, n_importance, seed, max_rows, keep_samples=True,
+                                index_offset=index_offset)
     mx = np.max(lw, axis=1, keepdims=True)
     w = np.exp(lw - np.where(np.isfinite(mx), mx, 0.0))
     pdf, flag = normalise(np.asarray(zgrid, np.float64), kde_on_grid(u, zgrid, weights=w, bandwidth=bandwidth))

@@ -93,6 +93,8 @@ _FRAMEWORK_KEYS = frozenset(
 )
 
 
+_POSTERIOR_MODES = ("amortized", "grid", "hmc", "snis")
+
 # rail.utils.interactive.base_utils.GLOBAL_INTERACTIVE_PARAMETERS (rail_base 2.0.11)
 _INTERACTIVE_KEYS = frozenset({"output_mode", "force_exact"})
 
@@ -367,13 +369,24 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
 
 
 class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
-    """Photo-z PDFs from a trained PhotoVAEz model: the amortised posterior q(z|x), a mixture of
-    ``n_b_samples`` log-normals q(z|b_k, x), b_k ~ q(b|x), on ``linspace(zmin, zmax, nzbins)``.
+    """Photo-z PDFs from a trained PhotoVAEz model on ``linspace(zmin, zmax, nzbins)``.
 
-    The draws of b are fixed by ``seed`` and shared by all galaxies, so a galaxy's PDF does not
-    depend on the chunk (or MPI rank) it is estimated in.  Ancil: ``zmode``, ``zmean``,
-    ``zmedian``, ``n_nondetect`` (bands replaced by their limit) and ``pdf_flag`` (0 fine,
-    1 no finite PDF: flat PDF returned, 2 every band a non-detection).
+    ``posterior`` picks the estimator:
+
+    * ``amortized`` (default): q(z|x), a mixture of ``n_b_samples`` log-normals q(z|b_k, x),
+      b_k ~ q(b|x); the b draws are fixed by ``seed`` and shared by all galaxies.
+    * ``grid``: the model's posterior p(z|x) from the importance-sampled log p(x, z)
+      (``n_importance`` samples, networks run in JAX), normalised exactly on the grid.
+    * ``hmc``: NumPyro NUTS in log z on the same log p(x, z), one chain per galaxy; the samples
+      become a PDF by a Gaussian KDE in log z.
+    * ``snis``: self-normalised importance sampling of (z, a, b) from the encoder.
+
+    A galaxy's PDF does not depend on the chunk (or MPI rank) it is estimated in: posterior-mode
+    draws are keyed by the galaxy's row index.  Ancil: ``zmode``, ``zmean``, ``zmedian``,
+    ``n_nondetect`` (bands replaced by their limit), ``pdf_flag`` (0 fine, 1 no finite PDF:
+    flat PDF returned, 2 every band a non-detection); the posterior modes add ``log_px`` (IWAE
+    log p(x), low = unlike the training data) and ``kish_ess``; ``grid`` adds ``ess_at_mode``,
+    ``hmc`` adds ``divergences`` and ``ess``.
     """
 
     name = "PhotoVAEzEstimator"
@@ -381,8 +394,21 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
     interactive_function = "photovaez_estimator"
     config_options = CatEstimator.config_options.copy()
     config_options.update(
+        posterior=Param(str, "amortized", msg="PDF estimator: amortized (q(z|x), a mixture of log-normals), "
+                        "grid (model posterior p(z|x) by importance sampling on the grid), hmc (NumPyro NUTS "
+                        "in log z on the same density) or snis (self-normalised importance sampling)"),
         n_b_samples=Param(int, 16, msg="number of b samples in the amortised mixture q(z|x)"),
-        seed=Param(int, 0, msg="seed of the b draws (shared by all galaxies)"),
+        n_importance=Param(int, 0, msg="importance samples N per galaxy for grid/hmc/snis "
+                           "(0 = the mode's default: grid 256, hmc 64, snis 1024)"),
+        n_importance_px=Param(int, 0, msg="samples of the IWAE log p(x) written to the ancil as log_px; "
+                              "0 = 256 in the posterior modes and no log_px in amortized mode"),
+        support_tol=Param(float, 1e-4, msg="grid mode: evaluate p(x, z) only where the amortised q(z|x) holds "
+                          "all but this much mass (widened); 0 = every grid point"),
+        hmc_num_warmup=Param(int, 300, msg="hmc mode: warm-up (adaptation) steps per chain"),
+        hmc_num_samples=Param(int, 500, msg="hmc mode: samples per chain"),
+        hmc_max_tree_depth=Param(int, 6, msg="hmc mode: NUTS maximum tree depth"),
+        seed=Param(int, 0, msg="seed of every random draw (amortised b draws are shared by all galaxies; "
+                   "posterior-mode draws are keyed by the galaxy's row index)"),
         device=Param(str, "auto", msg="auto (GPU when available), cpu, cuda or cuda:k"),
     )
     inputs = [("model", PhotoVAEzModelHandle), ("input", TableHandle)]
@@ -391,6 +417,13 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
     def __init__(self, args: Any, **kwargs: Any) -> None:
         super().__init__(args, **kwargs)
         self._check_config_keys()
+        if self.config.posterior not in _POSTERIOR_MODES:
+            close = difflib.get_close_matches(str(self.config.posterior), _POSTERIOR_MODES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{self.name}: posterior={self.config.posterior!r} is not one of "
+                             f"{list(_POSTERIOR_MODES)}{hint}")
+        if self.config.n_importance < 0 or self.config.n_importance_px < 0:
+            raise ValueError(f"{self.name}: n_importance and n_importance_px must be >= 0")
         if self.config.n_b_samples < 1:
             raise ValueError(f"{self.name}: n_b_samples must be >= 1, got {self.config.n_b_samples}")
         if not self.config.zmax > self.config.zmin or self.config.nzbins < 2:
@@ -469,12 +502,26 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
 
     def _process_chunk(self, start: int, end: int, data: Any, first: bool) -> None:
         import qp
-        from photovaez.api import estimate
+        from photovaez.api import estimate, estimate_posterior, log_px
 
         table = self._table(data)
+        cfg = self.config
         try:
-            pdfs, ancil = estimate(self._predictor, table, self.zgrid, n_b=self.config.n_b_samples,
-                                   seed=self.config.seed, device=self._run_device)
+            if cfg.posterior == "amortized":
+                pdfs, ancil = estimate(self._predictor, table, self.zgrid, n_b=cfg.n_b_samples,
+                                       seed=cfg.seed, device=self._run_device)
+                if cfg.n_importance_px > 0:
+                    ancil["log_px"] = log_px(self._predictor, table, cfg.n_importance_px, cfg.seed, start)
+            else:
+                settings = {
+                    "grid": dict(support_tol=cfg.support_tol or None),
+                    "hmc": dict(num_warmup=cfg.hmc_num_warmup, num_samples=cfg.hmc_num_samples,
+                                max_tree_depth=cfg.hmc_max_tree_depth),
+                    "snis": {},
+                }[cfg.posterior]
+                pdfs, ancil = estimate_posterior(
+                    self._predictor, table, self.zgrid, mode=cfg.posterior, n_importance=cfg.n_importance or None,
+                    seed=cfg.seed, n_importance_px=cfg.n_importance_px or 256, index_offset=start, **settings)
         except (KeyError, ValueError, TypeError) as exc:
             raise _stage_error(self, exc) from exc
         ens = qp.Ensemble(qp.interp, data=dict(xvals=self.zgrid, yvals=pdfs))
