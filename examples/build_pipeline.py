@@ -71,8 +71,12 @@ def make_inputs(train_file: str, test_file: str, output_dir: str, n_train: int, 
     return {k: os.path.abspath(v) for k, v in inputs.items()}
 
 
-def build_pipeline(unlabeled: bool, inform_config: dict, estimate_config: dict):
-    """The :class:`rail.core.stage.RailPipeline` with the three stages."""
+def build_pipeline(unlabeled: bool, inform_config: dict, estimate_config: dict,
+                   posteriors: tuple[str, ...] = ("amortized",), posterior_config: dict | None = None):
+    """The :class:`rail.core.stage.RailPipeline`: inform, then one estimate + evaluate pair per
+    posterior mode (``estimate_photovaez`` / ``evaluate_photovaez`` for the amortised mode,
+    ``estimate_photovaez_<mode>`` / ``evaluate_photovaez_<mode>`` for grid, hmc, snis)."""
+    posterior_config = posterior_config or {}
     from rail.core.stage import RailPipeline
     from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
     from rail.evaluation.single_evaluator import SingleEvaluator
@@ -84,14 +88,23 @@ def build_pipeline(unlabeled: bool, inform_config: dict, estimate_config: dict):
             if unlabeled:
                 aliases["unlabeled"] = "input_unlabeled"
             self.inform_photovaez = PhotoVAEzInformer.build(aliases=aliases, **inform_config)
-            self.estimate_photovaez = PhotoVAEzEstimator.build(
-                aliases=dict(input="input_test"),
-                connections=dict(model=self.inform_photovaez.io.model),
-                **estimate_config,
-            )
-            self.evaluate_photovaez = SingleEvaluator.build(
+            for mode in posteriors:
+                suffix = "" if mode == "amortized" else f"_{mode}"
+                cfg = dict(estimate_config, posterior=mode, **(posterior_config if mode != "amortized" else {}))
+                if mode != "hmc":
+                    cfg = {k: v for k, v in cfg.items() if not k.startswith("hmc_")}
+                est = PhotoVAEzEstimator.build(
+                    aliases=dict(input="input_test"),
+                    connections=dict(model=self.inform_photovaez.io.model),
+                    **cfg,
+                )
+                setattr(self, f"estimate_photovaez{suffix}", est)
+                setattr(self, f"evaluate_photovaez{suffix}", self._evaluator(est))
+
+        def _evaluator(self, est):
+            return SingleEvaluator.build(
                 aliases=dict(truth="input_test"),
-                connections=dict(input=self.estimate_photovaez.io.output),
+                connections=dict(input=est.io.output),
                 point_estimates=["zmode"],
                 truth_point_estimates=["redshift"],
                 metrics=["all"],
@@ -123,6 +136,11 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--chunk-size", type=int, default=10000, help="estimator chunk size")
     p.add_argument("--n-b-samples", type=int, default=16)
+    p.add_argument("--posteriors", nargs="+", default=["amortized"], choices=["amortized", "grid", "hmc", "snis"],
+                   help="estimator modes, one estimate + evaluate stage pair each (default: amortized)")
+    p.add_argument("--n-importance", type=int, default=0, help="importance samples for grid/hmc/snis (0 = default)")
+    p.add_argument("--hmc-num-warmup", type=int, default=300)
+    p.add_argument("--hmc-num-samples", type=int, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -136,7 +154,10 @@ def main(argv: list[str] | None = None) -> str:
                          min_epochs=min(20, args.epochs), seed=args.seed, device=args.device)
     estimate_config = dict(hdf5_groupname=GROUP, chunk_size=args.chunk_size, n_b_samples=args.n_b_samples,
                            seed=args.seed, device=args.device)
-    pipe = build_pipeline("input_unlabeled" in inputs, inform_config, estimate_config)
+    posterior_config = dict(n_importance=args.n_importance, hmc_num_warmup=args.hmc_num_warmup,
+                            hmc_num_samples=args.hmc_num_samples)
+    pipe = build_pipeline("input_unlabeled" in inputs, inform_config, estimate_config,
+                          tuple(dict.fromkeys(args.posteriors)), posterior_config)
     yml = os.path.abspath(args.yml or os.path.join(out, "photovaez_pipeline.yml"))
     os.makedirs(os.path.dirname(yml), exist_ok=True)
     # ceci 2.7 breaks RailPipeline.build_and_write (stage_execution_config), so initialise and save directly

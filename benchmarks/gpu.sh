@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# GPU check + timings (under 8 minutes on one H100/H200): brief training on DC2 full, the amortised
+# PDFs of 100,000 synthetic galaxies, the posterior modes, CPU-vs-GPU agreement.
+# Usage: bash benchmarks/gpu.sh [DATA_DIR] [OUT_DIR]
+#   DATA_DIR holds test_dc2_training_9816.hdf5 and test_dc2_validation_9816.hdf5 (default: found
+#   with rail.utils.path_utils when RAIL is installed, else ./.gpu). Needs torch, jax, numpyro, h5py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-}
+out=${2:-${OUT:-benchmarks/results}}
+if [ -z "$data" ]; then
+  data=$(python3 -c 'import os; from rail.utils.path_utils import find_rail_file as f; print(os.path.dirname(f("examples_data/testdata/test_dc2_training_9816.hdf5")))' 2>/dev/null || echo .gpu)
+fi
+mkdir -p "$out"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+python3 benchmarks/gpu.py --train "$data/test_dc2_training_9816.hdf5" --valid "$data/test_dc2_validation_9816.hdf5" \
+  --epochs "${EPOCHS:-40}" --n-galaxies "${N_GALAXIES:-100000}" --n-posterior "${N_POSTERIOR:-10000}" \
+  --n-hmc "${N_HMC:-2000}" --out "$out/gpu.json"
