@@ -145,7 +145,8 @@ def _peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
 
 
-def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: str | None) -> dict:
+def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: str | None,
+                 model_dir: str | None = None) -> dict:
     import torch
 
     from photovaez import api
@@ -164,6 +165,10 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
                          redshift_col=d["redshift_col"])
     inform_s = time.perf_counter() - t0
     rss_inform = _peak_rss_mb()
+    if model_dir:
+        from photovaez.io import save_model
+
+        save_model(model_dict, os.path.join(model_dir, f"model_{name}.pkl"))
 
     t0 = time.perf_counter()
     predictor = api.load_predictor(model_dict)
@@ -206,6 +211,9 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
                                    zpoint=ancil["zmode"], title=f"PhotoVAEz, {name}"),
             plots.plot_pit_hist(d["zgrid"], pdfs, ztrue, os.path.join(fig_dir, f"{name}_pit.png"),
                                 title=f"PhotoVAEz, {name}"),
+            plots.plot_metrics_vs_mag(d["zgrid"], pdfs, ztrue, np.asarray(d["mag"]),
+                                      os.path.join(fig_dir, f"{name}_vs_mag.png"), mag_label=d["mag_name"]),
+            plots.plot_metrics_vs_z(d["zgrid"], pdfs, ztrue, os.path.join(fig_dir, f"{name}_vs_z.png")),
         ]
     return out
 
@@ -215,7 +223,7 @@ def _worker(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    res = run_scenario(args.worker, args.epochs, args.seed, args.n_b, args.fig_dir)
+    res = run_scenario(args.worker, args.epochs, args.seed, args.n_b, args.fig_dir, args.save_models)
     with open(args.result, "w") as fh:
         json.dump(res, fh, indent=1, default=float)
     return 0
@@ -297,6 +305,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-b", dest="n_b", type=int, default=16, help="draws of b per amortised PDF")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="scenarios run at once (each its own process; wall times then share the CPU)")
+    ap.add_argument("--save-models", default=None,
+                    help="folder (outside the repository) to keep each scenario's model file in")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per scenario subprocess")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -341,8 +353,7 @@ def main(argv=None) -> int:
     except Exception:
         pass
 
-    results = {}
-    for name in scenarios:
+    def one(name: str) -> tuple[str, dict]:
         with tempfile.TemporaryDirectory() as tmp:
             rfile = os.path.join(tmp, "result.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--result", rfile,
@@ -350,6 +361,8 @@ def main(argv=None) -> int:
                    "--epochs", str(epochs)]
             if fig_dir:
                 cmd += ["--fig-dir", fig_dir]
+            if args.save_models:
+                cmd += ["--save-models", os.path.abspath(args.save_models)]
             print(f"[dc2] {name}: starting", flush=True)
             t0 = time.perf_counter()
             try:
@@ -360,16 +373,22 @@ def main(argv=None) -> int:
             wall = time.perf_counter() - t0
             if rc == 0 and os.path.exists(rfile):
                 with open(rfile) as fh:
-                    results[name] = json.load(fh)
-                r = results[name]
+                    r = json.load(fh)
                 print(f"[dc2] {name}: done in {wall:.0f} s; sigma_NMAD {r['sigma_nmad']:.4f}, outliers "
                       f"{r['outlier_rate']:.4f}, PIT KS {r['pit_ks']:.4f}, CDE {r['cdeloss']:.3f}", flush=True)
             else:
                 tail = "\n".join((err or "").strip().splitlines()[-15:])
-                results[name] = {"scenario": name, "error": f"exit code {rc}: " + (tail.splitlines()[-1] if tail else ""),
-                                 "stderr_tail": tail}
+                r = {"scenario": name, "error": f"exit code {rc}: " + (tail.splitlines()[-1] if tail else ""),
+                     "stderr_tail": tail}
                 print(f"[dc2] {name}: FAILED (exit code {rc})\n{tail}", flush=True)
-            results[name]["subprocess_wall_s"] = wall
+            r["subprocess_wall_s"] = wall
+            return name, r
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    meta["jobs"] = args.jobs
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = dict(pool.map(one, scenarios))
 
     jpath, mpath = os.path.join(out, "dc2.json"), os.path.join(out, "dc2.md")
     with open(jpath, "w") as fh:

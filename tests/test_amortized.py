@@ -73,3 +73,25 @@ def test_amortised_pdfs_do_not_depend_on_batching():
     a = q_z_given_x_on_grid(m, x, z, batch_size=7)
     b = np.concatenate([q_z_given_x_on_grid(m, x[:20], z), q_z_given_x_on_grid(m, x[20:], z)])
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+def test_temperature_calibration_recovers_a_known_miscalibration():
+    """Truths drawn from N(mu, 0.1^2) but PDFs of width 0.05: fit_temperature finds T ~ 4
+    (width scales as sqrt(T) for Gaussians) and the PIT KS after calibration is small."""
+    from photovaez.calibration import apply_temperature, fit_temperature, ks_uniform, pit
+
+    rng = np.random.default_rng(0)
+    z = redshift_grid(0.0, 3.0, 601)
+    mu = rng.uniform(0.8, 2.0, 2000)
+    ztrue = mu + 0.1 * rng.standard_normal(2000)
+    narrow = stats.norm(mu[:, None], 0.05).pdf(z[None, :])
+    res = fit_temperature(z, narrow, ztrue, temperatures=np.geomspace(0.5, 8, 81))
+    assert res["temperature"] == pytest.approx(4.0, rel=0.15)
+    assert res["ks_before"] > 0.15 and res["ks_after"] < 0.03
+    # the PIT of the exact PDFs matches scipy's CDF
+    exact = stats.norm(mu[:, None], 0.1).pdf(z[None, :])
+    np.testing.assert_allclose(pit(z, normalise(z, exact)[0], ztrue), stats.norm(mu, 0.1).cdf(ztrue), atol=2e-3)
+    widened, _ = apply_temperature(z, narrow, 4.0)
+    np.testing.assert_allclose(widened, normalise(z, exact)[0], rtol=1e-6, atol=1e-9)
+    assert ks_uniform(np.linspace(0.0005, 0.9995, 1000)) < 2e-3
+    assert fit_temperature(z, narrow[:10], ztrue[:10])["temperature"] == 1.0  # too few galaxies

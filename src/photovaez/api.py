@@ -90,8 +90,32 @@ def fit(
         raise ValueError(f"no labelled galaxies: column {redshift_col!r} has no finite value > 0")
     log.info("training on %d labelled and %d unlabelled galaxies", lab_mask.sum(), (~lab_mask).sum())
     scaler = fit_scaler(phot, spec)
-    model, report = train_sdgm(_training_arrays(phot, z, lab_mask), affine_map(spec, scaler), mc, tc)
-    return model_to_dict(model, spec, scaler, tc, report)
+    data = _training_arrays(phot, z, lab_mask)
+    model, report = train_sdgm(data, affine_map(spec, scaler), mc, tc)
+    model_dict = model_to_dict(model, spec, scaler, tc, report)
+    if tc.calibrate:
+        model_dict["calibration"] = _calibrate(model_dict, phot, data, tc)
+    return model_dict
+
+
+def _calibrate(model_dict: dict, phot: Photometry, data: TrainingArrays, tc: TrainConfig) -> dict:
+    """Temperature of the amortised PDFs fitted on the labelled validation galaxies."""
+    from .calibration import fit_temperature
+    from .grid import redshift_grid
+    from .train import validation_split
+
+    _, val = validation_split(data, tc.validation_fraction, tc.seed)
+    val = val[data.labelled[val]]
+    zgrid = redshift_grid(0.0, 1.5 * float(np.max(data.z[data.labelled])), 301)
+    pred = load_predictor(model_dict)
+    x = features(phot.subset(val), pred.spec, pred.scaler)
+    from .amortized import q_z_given_x_on_grid
+
+    raw = q_z_given_x_on_grid(pred.model, x, zgrid, n_b=16, seed=tc.seed)
+    cal = fit_temperature(zgrid, normalise(zgrid, raw)[0], data.z[val])
+    log.info("calibration on %d validation galaxies: T = %.3f, PIT KS %.4f -> %.4f",
+             cal["n"], cal["temperature"], cal["ks_before"], cal["ks_after"])
+    return cal
 
 
 @dataclass
@@ -106,6 +130,11 @@ class Predictor:
     def features(self, table: Mapping[str, Any]) -> tuple[np.ndarray, Photometry]:
         phot = clean_photometry(table, self.spec)
         return features(phot, self.spec, self.scaler), phot
+
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature of the amortised PDFs (1 when the model has none)."""
+        return float(self.model_dict.get("calibration", {}).get("temperature", 1.0))
 
     @property
     def jax_params(self) -> Any:
@@ -131,7 +160,8 @@ def estimate(
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Amortised PDFs of a table on ``zgrid``.
+    """Amortised PDFs of a table on ``zgrid``, with the model's calibration temperature
+    (:mod:`photovaez.calibration`) applied.
 
     Returns
     -------
@@ -149,9 +179,11 @@ def estimate(
         empty = np.zeros((0, len(zgrid)))
         return empty, {k: np.zeros(0) for k in ("zmode", "zmean", "zmedian")} | {
             "n_nondetect": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
+    from .calibration import apply_temperature
+
     x, phot = predictor.features(table)
     raw = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_b, seed=seed, device=device)
-    pdfs, flag = normalise(zgrid, raw)
+    pdfs, flag = apply_temperature(zgrid, raw, predictor.temperature)
     n_nd = phot.nondetect.sum(axis=1).astype(np.int16)
     flag = np.where((flag == 0) & (n_nd == phot.nondetect.shape[1]), 2, flag).astype(np.int8)
     ancil = point_estimates(zgrid, pdfs)

@@ -24,7 +24,8 @@ import torch
 from .loss import alpha_weight, batch_loss
 from .model import SDGM, ModelConfig
 
-__all__ = ["TrainConfig", "TrainingArrays", "GradientSkipper", "resample_values", "resolve_device", "train_sdgm"]
+__all__ = ["TrainConfig", "TrainingArrays", "GradientSkipper", "resample_values", "resolve_device", "train_sdgm",
+           "validation_split"]
 
 log = logging.getLogger("photovaez")
 
@@ -63,6 +64,10 @@ class TrainConfig:
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:k"``.
     progress
         Show a tqdm progress bar.
+    calibrate
+        After training, fit a temperature for the amortised PDFs on the validation galaxies with
+        redshifts (:mod:`photovaez.calibration`); it is stored in the model and applied when
+        estimating.
     """
 
     epochs: int = 300
@@ -75,7 +80,7 @@ class TrainConfig:
     resample: bool = True
     resample_scale: float = 0.5
     grad_skip_threshold: float | None = None
-    grad_skip_factor: float = 20.0
+    grad_skip_factor: float = 50.0
     grad_skip_warmup: int = 100
     validation_fraction: float = 0.1
     patience: int = 40
@@ -83,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.n_mc_train < 1:
@@ -149,7 +155,7 @@ class GradientSkipper:
     accepted norms (no norm-based skipping during the first ``warmup`` steps).
     """
 
-    def __init__(self, threshold: float | None, factor: float = 20.0, warmup: int = 100, window: int = 500):
+    def __init__(self, threshold: float | None, factor: float = 50.0, warmup: int = 100, window: int = 500):
         self.threshold = threshold if threshold is not None and threshold > 0 else None
         self.factor, self.warmup, self.window = factor, warmup, window
         self.history: list[float] = []
@@ -203,9 +209,10 @@ def _lr_lambda(total_steps: int, warmup_steps: int, final_fraction: float):
     return f
 
 
-def _split(data: TrainingArrays, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out ``fraction`` of the labelled and of the unlabelled galaxies (at least one labelled
-    galaxy stays in training)."""
+def validation_split(data: TrainingArrays, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation): ``fraction`` of the labelled and of the unlabelled galaxies
+    are held out (at least one labelled galaxy stays in training); fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
     for mask in (data.labelled, ~data.labelled):
         idx = rng.permutation(np.flatnonzero(mask))
@@ -246,9 +253,8 @@ def train_sdgm(
     if data.labelled.sum() == 0:
         raise ValueError("training needs at least one labelled galaxy (a finite redshift > 0)")
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
-    train_idx, val_idx = _split(data, config.validation_fraction, rng)
+    train_idx, val_idx = validation_split(data, config.validation_fraction, config.seed)
     tr, va = data.subset(train_idx), data.subset(val_idx)
     n_s, n_p = int(tr.labelled.sum()), int((~tr.labelled).sum())
     alpha = alpha_weight(n_s, n_p)

@@ -275,7 +275,7 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         resample_scale=Param(float, 0.5, msg="resampling width in units of the catalogue error"),
         grad_skip_threshold=Param(float, 0.0, msg="skip updates whose gradient norm exceeds this; "
                                   "0 = adaptive (grad_skip_factor x running median)"),
-        grad_skip_factor=Param(float, 20.0, msg="adaptive gradient-skip threshold factor"),
+        grad_skip_factor=Param(float, 50.0, msg="adaptive gradient-skip threshold factor"),
         grad_skip_warmup=Param(int, 100, msg="steps before adaptive gradient skipping starts"),
         validation_fraction=Param(float, 0.1, msg="fraction held out for early stopping"),
         patience=Param(int, 40, msg="epochs without validation improvement before stopping"),
@@ -283,6 +283,8 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         seed=Param(int, 0, msg="random seed (weights, batches, resampling, validation split)"),
         device=Param(str, "auto", msg="auto (GPU when available), cpu, cuda or cuda:k"),
         progress=Param(bool, False, msg="show a progress bar while training"),
+        calibrate=Param(bool, True, msg="fit a temperature for the amortised PDFs on the labelled validation "
+                        "galaxies (PIT made uniform); stored in the model and applied when estimating"),
     )
     inputs = [("input", TableHandle), ("unlabeled", TableHandle)]
     outputs = [("model", PhotoVAEzModelHandle)]
@@ -291,7 +293,7 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
     _TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "lr_warmup_epochs", "lr_final_fraction",
                    "weight_decay", "n_mc_train", "resample", "resample_scale", "grad_skip_threshold",
                    "grad_skip_factor", "grad_skip_warmup", "validation_fraction", "patience", "min_epochs",
-                   "seed", "device", "progress")
+                   "seed", "device", "progress", "calibrate")
 
     def __init__(self, args: Any, **kwargs: Any) -> None:
         super().__init__(args, **kwargs)
