@@ -9,6 +9,10 @@ The figures are drawn with matplotlib's object-oriented API on the Agg canvas: n
 and the user's interactive backend is left alone.
 
 Point estimates default to the ensemble's ``zmode`` ancil, else the PDF mode on the grid.
+
+Two plots are about the model rather than the PDFs: :func:`plot_latent_embeddings` (the latent
+means of a table, PCA to 2-D, coloured by redshift) and :func:`plot_outlier_scores` (log p(x) of
+clean against corrupted photometry, with the rank AUROC).
 """
 
 from __future__ import annotations
@@ -37,12 +41,18 @@ __all__ = [
     "figure_nz",
     "figure_metrics_vs_mag",
     "figure_metrics_vs_z",
+    "figure_latent_embeddings",
+    "figure_outlier_scores",
+    "pca_2d",
+    "rank_auroc",
     "plot_zphot_zspec",
     "plot_pit_hist",
     "plot_pit_qq",
     "plot_nz",
     "plot_metrics_vs_mag",
     "plot_metrics_vs_z",
+    "plot_latent_embeddings",
+    "plot_outlier_scores",
     "save",
 ]
 
@@ -249,6 +259,104 @@ def figure_metrics_vs_z(
     return _figure_binned(x, zp, zt, bins, label, title)
 
 
+def pca_2d(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projection of the rows of ``v`` (N, D) on their first two principal components (numpy
+    SVD of the centred data) and the fraction of the variance each explains.  With D = 1 the
+    second coordinate is zero."""
+    v = np.asarray(v, np.float64)
+    if v.ndim != 2 or len(v) == 0:
+        raise ValueError(f"pca_2d needs an (N, D) array with N > 0, got shape {v.shape}")
+    c = v - v.mean(axis=0)
+    _, s, vt = np.linalg.svd(c, full_matrices=False)
+    proj = c @ vt[:2].T
+    var = s**2
+    frac = var[:2] / var.sum() if var.sum() > 0 else np.zeros(min(2, len(s)))
+    if proj.shape[1] < 2:
+        proj = np.concatenate([proj, np.zeros((len(v), 2 - proj.shape[1]))], axis=1)
+        frac = np.concatenate([frac, np.zeros(2 - len(frac))])
+    return proj, frac
+
+
+def figure_latent_embeddings(
+    model_dict: Any, table: Any, ztrue: np.ndarray | None = None, title: str | None = None,
+    max_points: int = 20000, seed: int = 0,
+) -> Figure:
+    """The means of q(b|x) (left) and of q(a|x,b,z) (right) projected on their first two
+    principal components, coloured by redshift: ``ztrue`` when given (also the z of q(a|x,b,z)),
+    else the amortised ``zmode`` (:func:`photovaez.api.latents`).  ``model_dict`` may also be a
+    :class:`photovaez.api.Predictor`.  At most ``max_points`` galaxies (a random subset) are drawn."""
+    from .api import latents
+
+    lat = latents(model_dict, table, z=ztrue)
+    zc = lat["z"] if ztrue is None else np.asarray(ztrue, np.float64).reshape(-1)
+    n = len(zc)
+    idx = np.arange(n)
+    if n > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    fig = _new_figure((10.0, 4.4))
+    sc = None
+    for i, (key, label) in enumerate((("b", "auxiliary b: mean of q(b|x)"), ("a", "latent a: mean of q(a|x,b,z)"))):
+        proj, frac = pca_2d(lat[key])
+        ax = fig.add_subplot(1, 2, i + 1)
+        sc = ax.scatter(proj[idx, 0], proj[idx, 1], c=zc[idx], s=4, cmap="plasma", lw=0, alpha=0.8)
+        ax.set_xlabel(f"PC1 ({100 * frac[0]:.0f}% of variance)")
+        ax.set_ylabel(f"PC2 ({100 * frac[1]:.0f}% of variance)")
+        ax.set_title(label, fontsize=10)
+    fig.colorbar(sc, ax=fig.axes, label="$z_{true}$" if ztrue is not None else "$z_{mode}$ (amortised)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def rank_auroc(log_px_clean: np.ndarray, log_px_corrupted: np.ndarray) -> float:
+    """AUROC of log p(x) as an outlier score: the probability that a clean galaxy has a higher
+    log p(x) than a corrupted one (ties count one half), from the Mann-Whitney rank sum.  NaN
+    values are left out; 0.5 = no separation, 1 = every corrupted galaxy scores lower."""
+    from scipy.stats import rankdata
+
+    c = np.asarray(log_px_clean, np.float64).reshape(-1)
+    k = np.asarray(log_px_corrupted, np.float64).reshape(-1)
+    c, k = c[~np.isnan(c)], k[~np.isnan(k)]
+    if len(c) == 0 or len(k) == 0:
+        return float("nan")
+    ranks = rankdata(np.concatenate([c, k]))  # ascending, ties get their average rank
+    u = ranks[: len(c)].sum() - len(c) * (len(c) + 1) / 2.0
+    return float(u / (len(c) * len(k)))
+
+
+def figure_outlier_scores(
+    log_px_clean: np.ndarray, log_px_corrupted: np.ndarray, bins: int = 50, title: str | None = None,
+    labels: tuple[str, str] = ("clean", "corrupted"),
+) -> Figure:
+    """Histograms (density, common bins) of log p(x) of clean and of corrupted photometry, with
+    the rank AUROC of log p(x) as an outlier score (:func:`rank_auroc`) in the legend."""
+    c = np.asarray(log_px_clean, np.float64).reshape(-1)
+    k = np.asarray(log_px_corrupted, np.float64).reshape(-1)
+    auc = rank_auroc(c, k)
+    both = np.concatenate([c, k])
+    both = both[np.isfinite(both)]
+    lo, hi = (float(np.min(both)), float(np.max(both))) if len(both) else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    fig = _new_figure((5.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(c[np.isfinite(c)], bins=edges, density=True, histtype="stepfilled", alpha=0.5, color="C0",
+            label=f"{labels[0]} (N = {len(c)})")
+    ax.hist(k[np.isfinite(k)], bins=edges, density=True, histtype="stepfilled", alpha=0.5, color="C3",
+            label=f"{labels[1]} (N = {len(k)})")
+    ax.plot([], [], " ", label=f"AUROC = {auc:.3f}")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("log p(x) (IWAE)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------
 # files
 
@@ -281,3 +389,13 @@ def plot_metrics_vs_mag(zgrid, pdfs, ztrue, mag, path, **kw) -> str:
 def plot_metrics_vs_z(zgrid, pdfs, ztrue, path, **kw) -> str:
     """Write :func:`figure_metrics_vs_z` to ``path`` (PNG); returns the path."""
     return save(figure_metrics_vs_z(zgrid, pdfs, ztrue, **kw), path)
+
+
+def plot_latent_embeddings(model_dict, table, path, ztrue=None, **kw) -> str:
+    """Write :func:`figure_latent_embeddings` to ``path`` (PNG); returns the path."""
+    return save(figure_latent_embeddings(model_dict, table, ztrue=ztrue, **kw), path)
+
+
+def plot_outlier_scores(log_px_clean, log_px_corrupted, path, **kw) -> str:
+    """Write :func:`figure_outlier_scores` to ``path`` (PNG); returns the path."""
+    return save(figure_outlier_scores(log_px_clean, log_px_corrupted, **kw), path)
