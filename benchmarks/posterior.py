@@ -18,7 +18,7 @@ CDE loss and point metrics (:func:`photovaez.metrics.evaluate`), the mean and ma
 N weights at the posterior mode (grid), of the IWAE log p(x) weights (log_px, snis), and the HMC
 divergences and ESS.
 
-Outputs ``<out>/posterior.json`` and ``<out>/posterior.md``.  No model file is written unless
+Outputs ``<out>/posterior[_<tag>].json`` and ``.md``.  No model file is written unless
 ``--save-model PATH`` (refused inside the repository).
 
 Usage::
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="2: time a second, warm call too")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--tag", default="", help="output files posterior_<tag>.json/.md (default: posterior.json/.md)")
     args = ap.parse_args(argv)
     if args.support_tol is not None and args.support_tol < 0:
         args.support_tol = None
@@ -194,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
     }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "posterior.json"), "w") as f:
+    stem = "posterior" + (f"_{args.tag}" if args.tag else "")
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2, default=float)
-    with open(os.path.join(args.out, "posterior.md"), "w") as f:
+    with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(markdown(meta, results))
     print(markdown(meta, results))
     return 0
