@@ -151,3 +151,11 @@ def test_binned_point_metrics():
     assert b["sigma_nmad"][2] == pytest.approx(M.point_metrics(zphot[sel], ztrue[sel])["sigma_nmad"])
     bq = M.binned_point_metrics(mag, zphot, ztrue, bins=4)
     assert len(bq["centers"]) == 4 and abs(bq["count"].min() - n / 4) <= 2
+
+
+def test_pit_outlier_rate_is_the_fraction_of_extreme_pit_values():
+    from photovaez.metrics import pit_metrics
+
+    u = np.random.default_rng(3).uniform(0.01, 0.99, 200)
+    u[:3], u[3:5] = 0.0, 1.0  # 5 of 200 outside [1e-4, 0.9999]
+    assert pit_metrics(u)["pit_outlier_rate"] == pytest.approx(5 / 200)
