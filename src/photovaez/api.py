@@ -68,8 +68,8 @@ def fit(
         Network and training settings (objects or dicts; ``dim_x`` is set from the spec).
     """
     spec = spec or FeatureSpec()
-    mc = model_config if isinstance(model_config, ModelConfig) else ModelConfig(**{**dict(model_config or {}), "dim_x": spec.dim})
-    mc.dim_x = spec.dim
+    mc_dict = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config or {})
+    mc = ModelConfig.from_dict({**mc_dict, "dim_x": spec.dim})
     tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config or {}))
 
     lab_mask = split_labelled(labelled_table, redshift_col)
@@ -100,6 +100,7 @@ def fit(
 
 def _calibrate(model_dict: dict, phot: Photometry, data: TrainingArrays, tc: TrainConfig) -> dict:
     """Temperature of the amortised PDFs fitted on the labelled validation galaxies."""
+    from .amortized import q_z_given_x_on_grid
     from .calibration import fit_temperature
     from .grid import redshift_grid
     from .train import validation_split
@@ -110,8 +111,6 @@ def _calibrate(model_dict: dict, phot: Photometry, data: TrainingArrays, tc: Tra
     zgrid = redshift_grid(0.0, 1.5 * float(np.max(data.z[data.labelled])), 2001)
     pred = load_predictor(model_dict)
     x = features(phot.subset(val), pred.spec, pred.scaler)
-    from .amortized import q_z_given_x_on_grid
-
     raw = q_z_given_x_on_grid(pred.model, x, zgrid, n_b=16, seed=tc.seed)
     cal = fit_temperature(zgrid, normalise(zgrid, raw)[0], data.z[val])
     log.info("calibration on %d validation galaxies: T = %.3f, PIT KS %.4f -> %.4f",
