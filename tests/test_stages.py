@@ -372,3 +372,15 @@ def test_posterior_modes_in_the_stage_are_chunk_invariant(trained, tables, mode)
 def test_unknown_posterior_mode_is_named(trained):
     with pytest.raises(ValueError, match="posterior='gird'.*did you mean 'grid'"):
         PhotoVAEzEstimator.make_stage(name=_name("est"), model=trained[1], posterior="gird")
+
+
+def test_amortized_mode_can_report_log_px(trained, tables):
+    """n_importance_px > 0 adds the IWAE log p(x) to the amortised output; +2 mag in i lowers it."""
+    table = _rows(tables[1], slice(0, 40))
+    bad = dict(table, mag_i_lsst=np.asarray(table["mag_i_lsst"]) + 2.0)
+    lp = []
+    for t in (table, bad):
+        est = PhotoVAEzEstimator.make_stage(name=_name("est"), model=trained[0].data, n_importance_px=32,
+                                            hdf5_groupname="", output_mode="return")
+        lp.append(_ancil(est.estimate(t).data, "log_px"))
+    assert np.all(np.isfinite(lp[0])) and np.mean(lp[1] < lp[0]) > 0.8
