@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -329,7 +330,9 @@ def train_sdgm(
                 opt.step()
                 ep_loss += float(loss.detach()) * len(idx)
                 ep_n += len(idx)
-            sched.step()
+            with warnings.catch_warnings():  # the schedule advances on skipped steps too, by design
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                sched.step()
         epochs_run = epoch + 1
         vl = val_loss()
         history["train_loss"].append(ep_loss / max(ep_n, 1))
