@@ -358,7 +358,7 @@ def _run_subprocess(cmd: list[str], timeout: float) -> tuple[int, str, bool]:
 
 
 def main(argv=None) -> int:
-    from dc2 import SCENARIOS, SDSS_DIR
+    from dc2 import SCENARIOS, parse_scenarios
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -386,13 +386,7 @@ def main(argv=None) -> int:
     if args.worker:
         return _worker(args)
 
-    if args.scenarios:
-        scenarios = [s for item in args.scenarios for s in item.split(",") if s]
-    else:
-        scenarios = [s for s in SCENARIOS if s != "sdss" or os.path.isdir(SDSS_DIR)]
-    bad = [s for s in scenarios if s not in SCENARIOS]
-    if bad:
-        ap.error(f"unknown scenarios {bad}; choose from {SCENARIOS}")
+    scenarios = parse_scenarios(ap, args.scenarios)
     not_installed: list[str] = []
     if args.estimators:
         estimators = [e for item in args.estimators for e in item.split(",") if e]

@@ -103,6 +103,19 @@ def _sdss_tables() -> tuple[dict, dict]:
     return read("SDSS_MGS.train"), read("SDSS_MGS.test")
 
 
+def parse_scenarios(ap: argparse.ArgumentParser, items: list[str] | None) -> list[str]:
+    """Scenario names from ``--scenarios`` (space- or comma-separated); default: every scenario,
+    ``sdss`` only when its data are there.  Unknown names are a parser error."""
+    if items:
+        scenarios = [s for item in items for s in item.split(",") if s]
+    else:
+        scenarios = [s for s in SCENARIOS if s != "sdss" or os.path.isdir(SDSS_DIR)]
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        ap.error(f"unknown scenarios {bad}; choose from {SCENARIOS}")
+    return scenarios
+
+
 def _subset(table: dict, idx: np.ndarray, drop: tuple[str, ...] = ()) -> dict:
     return {k: v[idx] for k, v in table.items() if k not in drop}
 
@@ -320,13 +333,7 @@ def main(argv=None) -> int:
 
     from photovaez.train import TrainConfig
 
-    if args.scenarios:
-        scenarios = [s for item in args.scenarios for s in item.split(",") if s]
-    else:
-        scenarios = [s for s in SCENARIOS if s != "sdss" or os.path.isdir(SDSS_DIR)]
-    bad = [s for s in scenarios if s not in SCENARIOS]
-    if bad:
-        ap.error(f"unknown scenarios {bad}; choose from {SCENARIOS}")
+    scenarios = parse_scenarios(ap, args.scenarios)
     out = os.path.abspath(args.out)
     fig_dir = None if args.no_figures else os.path.join(out, "figures")
     os.makedirs(out, exist_ok=True)
