@@ -8,7 +8,7 @@ Tables are anything with named columns: a dict of arrays, a pandas DataFrame, an
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -126,6 +126,7 @@ class Predictor:
     spec: FeatureSpec
     scaler: Scaler
     model: Any
+    _jax_params: Any = field(default=None, repr=False, compare=False)
 
     def features(self, table: Mapping[str, Any]) -> tuple[np.ndarray, Photometry]:
         phot = clean_photometry(table, self.spec)
@@ -139,7 +140,7 @@ class Predictor:
     @property
     def jax_params(self) -> Any:
         """The networks exported to JAX (:func:`photovaez.export.export_params`), built once."""
-        if getattr(self, "_jax_params", None) is None:
+        if self._jax_params is None:
             from .export import export_params
 
             self._jax_params = export_params(self.model_dict)
