@@ -49,8 +49,11 @@ def test_help_documents_every_stage_option(command, cls, capsys):
 
 
 @pytest.mark.parametrize("command, flags", [("evaluate", ["--redshift-col", "--json", "--group"]),
-                                            ("plot", ["--out-dir", "--redshift-col", "--model", "--mag-col"])])
-def test_help_of_evaluate_and_plot(command, flags, capsys):
+                                            ("plot", ["--out-dir", "--redshift-col", "--model", "--mag-col"]),
+                                            ("compare", ["--out", "--unlabeled", "--estimators", "--set", "--timeout",
+                                                         "--zmin", "--zmax", "--nzbins", "--bands", "--err-bands",
+                                                         "--ref-band", "--mag-limits", "KNearNeigh", "PZFlow"])])
+def test_help_of_evaluate_plot_compare(command, flags, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])
     assert exc.value.code == 0

@@ -6,8 +6,10 @@
     photovaez estimate MODEL INPUT_FILE --output OUT.hdf5 [--group ...] [--posterior amortized] [options]
     photovaez evaluate PDFS.hdf5 TRUTH_FILE [--redshift-col redshift] [--json OUT.json]
     photovaez plot PDFS.hdf5 TRUTH_FILE --out-dir DIR [--model MODEL]
+    photovaez compare TRAIN_FILE TEST_FILE --out DIR [--unlabeled FILE] [--estimators A,B] [--set PhotoVAEz.epochs=50]
 
-``train`` and ``estimate`` run the RAIL stages :class:`PhotoVAEzInformer` and
+``compare`` runs PhotoVAEz and RAIL's other installed estimators on the same files
+(:func:`rail.photovaez.compare.compare`).  ``train`` and ``estimate`` run the RAIL stages :class:`PhotoVAEzInformer` and
 :class:`PhotoVAEzEstimator` (the same code as a ceci pipeline or a notebook).  Their options are
 generated from the stages' ``config_options``: ``--epochs 50``, ``--hidden 512,256,128`` (or JSON
 ``[512,256,128]``), ``--mag-limits '{"mag_u_lsst": 27.8, ...}'``, ``--resample false``; ``--help``
@@ -448,6 +450,87 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 
+def _set_option(text: str) -> tuple[str, str, Any]:
+    """``ESTIMATOR.KEY=VALUE`` (VALUE read as JSON when it is JSON, else as a string)."""
+    head, sep, value = text.partition("=")
+    name, dot, key = head.partition(".")
+    if not (sep and dot and name and key):
+        raise argparse.ArgumentTypeError(f"expected ESTIMATOR.KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return name.strip(), key.strip(), parsed
+
+
+_set_option.__name__ = "ESTIMATOR.KEY=VALUE"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rail.photovaez.compare import (ESTIMATORS, compare, installed_estimators, markdown_table,
+                                        shared_options, split_labelled)
+
+    if args.estimators:
+        estimators = [e for item in args.estimators for e in item.split(",") if e]
+        unknown = [e for e in estimators if e not in ESTIMATORS]
+        if unknown:
+            raise CLIError(f"unknown estimators {unknown} (--estimators); choose from {list(ESTIMATORS)}")
+    else:
+        estimators = installed_estimators()
+    stage_options: dict[str, dict[str, Any]] = {}
+    for name, key, value in args.set or []:
+        if name not in ESTIMATORS:
+            raise CLIError(f"--set {name}.{key}: unknown estimator {name!r}; choose from {list(ESTIMATORS)}")
+        stage_options.setdefault(name, {})[key] = value
+    if args.timeout <= 0:
+        raise CLIError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    try:
+        options = shared_options(redshift_col=args.redshift_col, zmin=args.zmin, zmax=args.zmax,
+                                 nzbins=args.nzbins, bands=args.bands, err_bands=args.err_bands,
+                                 ref_band=args.ref_band, mag_limits=args.mag_limits, filter_list=args.filter_list)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    train = read_table(args.train_file, args.group, "training")
+    test = read_table(args.test_file, args.group, "test")
+    _check_columns(list(train), {args.redshift_col: "--redshift-col"}, args.train_file)
+    _check_columns(list(test), {args.redshift_col: "--redshift-col (the true redshifts)"}, args.test_file)
+    columns = {c: "--bands" for c in options.get("bands", [])}
+    columns.update({c: "--err-bands" for c in options.get("err_bands", [])})
+    for path, table in ((args.train_file, train), (args.test_file, test)):
+        _check_columns(list(table), columns, path)
+    labelled, unlabelled = split_labelled(train, args.redshift_col)
+    if args.unlabeled:
+        extra = read_table(args.unlabeled, args.group, "unlabeled")
+        _check_columns(list(extra), {c: w for c, w in columns.items()}, args.unlabeled)
+        extra = {k: v for k, v in extra.items() if k != args.redshift_col}
+        if unlabelled is not None:
+            common = [k for k in unlabelled if k in extra]
+            extra = {k: np.concatenate([np.asarray(unlabelled[k]), np.asarray(extra[k])]) for k in common}
+        unlabelled = extra
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    jpath, mpath = os.path.join(out, "compare.json"), os.path.join(out, "compare.md")
+    results: dict[str, dict] = {}
+
+    def save(name: str | None = None, r: dict | None = None) -> None:
+        if name is not None:
+            results[name] = r
+        with open(jpath, "w") as fh:
+            json.dump({"train": args.train_file, "test": args.test_file, "unlabeled": args.unlabeled,
+                       "options": options, "stage_options": stage_options, "results": results},
+                      fh, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        with open(mpath, "w") as fh:
+            fh.write(markdown_table({"": results}, [e for e in estimators if e in results]) + "\n")
+
+    compare(labelled, test, unlabelled=unlabelled, options=options, estimators=estimators,
+            stage_options=stage_options, timeout=args.timeout, on_result=save)
+    save()
+    with open(mpath) as fh:
+        sys.stdout.write(fh.read())
+    print(f"wrote {jpath} and {mpath}")
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
 # --------------------------------------------------------------------------------------------
 # parser
 
@@ -457,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog=PROG, description="PhotoVAEz photometric redshifts (semi-supervised "
-                                "VAE) from the command line: train, estimate, evaluate, plot.")
+                                "VAE) from the command line: train, estimate, evaluate, plot, compare.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     group_help = "hdf5 group of the table ('' for a flat file; a flat file is read as it is)"
@@ -506,6 +589,43 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model file: also plot the latent embeddings of the truth table's photometry")
     pl.add_argument("--group", "--hdf5-groupname", default=DEFAULT_GROUP, help=group_help)
     pl.set_defaults(func=cmd_plot)
+
+    from rail.photovaez.compare import ESTIMATORS
+
+    c = sub.add_parser("compare", help="PhotoVAEz against RAIL's other estimators on the same files",
+                       formatter_class=fmt, description=(
+                           "Inform every estimator on TRAIN_FILE and score its PDFs of TEST_FILE (which holds the "
+                           "true redshifts) with RAIL's metrics; each estimator runs in its own process with a "
+                           "time limit. Rows of TRAIN_FILE whose redshift is NaN or <= 0, and --unlabeled, go "
+                           "to PhotoVAEz only (supervised estimators see the labelled rows). Writes "
+                           "DIR/compare.json and DIR/compare.md. Estimators other than trainZ and PhotoVAEz come "
+                           "with pip install 'pz-rail-photovaez[compare]'."))
+    c.add_argument("train_file", metavar="TRAIN_FILE", help="training table with redshifts (hdf5, parquet, fits)")
+    c.add_argument("test_file", metavar="TEST_FILE", help="table to estimate, with its true redshifts")
+    c.add_argument("--out", required=True, metavar="DIR", help="folder for compare.json and compare.md")
+    c.add_argument("--unlabeled", metavar="FILE", default=None, help="photometry without redshifts (PhotoVAEz)")
+    c.add_argument("--estimators", nargs="+", default=None, metavar="NAME",
+                   help=f"estimators (space- or comma-separated) from {list(ESTIMATORS)}; default: every "
+                        "installed one")
+    c.add_argument("--group", "--hdf5-groupname", default=DEFAULT_GROUP, help=group_help)
+    c.add_argument("--redshift-col", default="redshift", help="column of the (true) redshift in both files")
+    c.add_argument("--zmin", type=float, default=0.0, help="lower end of the redshift grid")
+    c.add_argument("--zmax", type=float, default=3.0, help="upper end of the redshift grid")
+    c.add_argument("--nzbins", type=int, default=301, help="points of the redshift grid")
+    c.add_argument("--bands", type=_list_parser(["a"]), default=None, metavar="A,B,..",
+                   help="magnitude columns (default: each estimator's RAIL default, LSST ugrizy)")
+    c.add_argument("--err-bands", type=_list_parser(["a"]), default=None, metavar="A,B,..",
+                   help="magnitude-error columns, one per band")
+    c.add_argument("--ref-band", default=None, help="reference band (default: each estimator's default)")
+    c.add_argument("--mag-limits", type=_dict_parser, default=None, metavar="JSON",
+                   help="band -> limiting magnitude, replaces non-detections")
+    c.add_argument("--filter-list", type=_list_parser(["a"]), default=None, metavar="A,B,..",
+                   help="BPZ filter-curve names, one per band")
+    c.add_argument("--set", action="append", type=_set_option, metavar="ESTIMATOR.KEY=VALUE",
+                   help="an option of one estimator's stages, e.g. PhotoVAEz.epochs=50 or "
+                        "KNearNeigh.nneigh_max=9 (VALUE as JSON, else text); repeatable")
+    c.add_argument("--timeout", type=float, default=1200.0, help="seconds per estimator (inform + estimate)")
+    c.set_defaults(func=cmd_compare)
     return p
 
 
