@@ -68,10 +68,13 @@ def make_inputs(train_file: str, test_file: str, output_dir: str, n_train: int, 
     if n_unlabeled > 0:
         inputs["input_unlabeled"] = os.path.join(output_dir, "unlabeled_subset.hdf5")
         _write_subset(train, slice(n_train, n_train + n_unlabeled), inputs["input_unlabeled"], drop=("redshift",))
-    return {k: os.path.abspath(v) for k, v in inputs.items()}
+    inputs = {k: os.path.abspath(v) for k, v in inputs.items()}
+    # ceci wants every input of a stage connected: "None" is the informer's "no unlabelled table"
+    inputs.setdefault("input_unlabeled", "None")
+    return inputs
 
 
-def build_pipeline(unlabeled: bool, inform_config: dict, estimate_config: dict,
+def build_pipeline(inform_config: dict, estimate_config: dict,
                    posteriors: tuple[str, ...] = ("amortized",), posterior_config: dict | None = None):
     """The :class:`rail.core.stage.RailPipeline`: inform, then one estimate + evaluate pair per
     posterior mode (``estimate_photovaez`` / ``evaluate_photovaez`` for the amortised mode,
@@ -84,9 +87,7 @@ def build_pipeline(unlabeled: bool, inform_config: dict, estimate_config: dict,
     class PhotoVAEzPipeline(RailPipeline):
         def __init__(self) -> None:
             RailPipeline.__init__(self)
-            aliases = dict(input="input_train")
-            if unlabeled:
-                aliases["unlabeled"] = "input_unlabeled"
+            aliases = dict(input="input_train", unlabeled="input_unlabeled")
             self.inform_photovaez = PhotoVAEzInformer.build(aliases=aliases, **inform_config)
             for mode in posteriors:
                 suffix = "" if mode == "amortized" else f"_{mode}"
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> str:
                            seed=args.seed, device=args.device)
     posterior_config = dict(n_importance=args.n_importance, hmc_num_warmup=args.hmc_num_warmup,
                             hmc_num_samples=args.hmc_num_samples)
-    pipe = build_pipeline("input_unlabeled" in inputs, inform_config, estimate_config,
+    pipe = build_pipeline(inform_config, estimate_config,
                           tuple(dict.fromkeys(args.posteriors)), posterior_config)
     yml = os.path.abspath(args.yml or os.path.join(out, "photovaez_pipeline.yml"))
     os.makedirs(os.path.dirname(yml), exist_ok=True)

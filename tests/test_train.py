@@ -124,3 +124,72 @@ def test_training_requires_labels(dc2_tables):
         train_sdgm(data, fmap, SMALL, _cfg())
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_interrupted_training_resumes_to_the_same_model(dc2_tables, tmp_path, monkeypatch):
+    """Kill training right after the checkpoint of epoch 3 of 6; a second call with the same
+    settings resumes from it and ends bit-identical to an uninterrupted run (weights, history,
+    skip counters), and the checkpoint is removed at the end."""
+    import photovaez.train as train_mod
+
+    data, fmap = _data(dc2_tables)
+    # patience 1 with min_epochs 1 could stop early; keep all 6 epochs so the resume has work to do
+    cfg = dict(epochs=6, min_epochs=6, patience=10, grad_skip_warmup=5, grad_skip_factor=3.0)
+    ref, ref_report = train_sdgm(data, fmap, SMALL, _cfg(**cfg))
+
+    ckpt = tmp_path / "ckpt" / "train.pt"
+    saved = []
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saved.append(state["epoch"])
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt  # the job is killed after the epoch-3 checkpoint is on disk
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_sdgm(data, fmap, SMALL, _cfg(**cfg, checkpoint_path=str(ckpt)))
+    assert saved == [1, 2, 3] and ckpt.exists()
+    saved_again = []
+    monkeypatch.setattr(train_mod, "save_checkpoint", lambda p, st: (real_save(p, st), saved_again.append(st["epoch"])))
+
+    resumed, report = train_sdgm(data, fmap, SMALL, _cfg(**cfg, checkpoint_path=str(ckpt)))
+    assert saved_again == [4, 5]  # it went on from epoch 3 (a fresh start would save 1..5)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert report["history"] == ref_report["history"] and len(report["history"]["train_loss"]) == 6
+    for key in ("n_steps", "n_skipped", "best_epoch", "best_val_loss", "epochs_run"):
+        assert report[key] == ref_report[key], key
+    assert not ckpt.exists()  # completed: the next run starts afresh
+
+
+def test_checkpoint_of_other_settings_or_damaged_is_refused(dc2_tables, tmp_path, monkeypatch):
+    import photovaez.train as train_mod
+
+    data, fmap = _data(dc2_tables)
+    ckpt = tmp_path / "train.pt"
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_sdgm(data, fmap, SMALL, _cfg(epochs=4, checkpoint_path=str(ckpt)))
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    # other settings (learning rate) or other data: a clear error, not a silently mixed model
+    with pytest.raises(ValueError, match="other training data or settings"):
+        train_sdgm(data, fmap, SMALL, _cfg(epochs=4, learning_rate=5e-4, checkpoint_path=str(ckpt)))
+    other = TrainingArrays(data.values + 0.01, data.errors, data.z, data.labelled)
+    with pytest.raises(ValueError, match="other training data or settings"):
+        train_sdgm(other, fmap, SMALL, _cfg(epochs=4, checkpoint_path=str(ckpt)))
+    # a truncated file
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable PhotoVAEz checkpoint"):
+        train_sdgm(data, fmap, SMALL, _cfg(epochs=4, checkpoint_path=str(ckpt)))
+    # a torch file that is not a checkpoint
+    torch.save({"weights": torch.zeros(3)}, str(ckpt))
+    with pytest.raises(ValueError, match="not a PhotoVAEz checkpoint"):
+        train_sdgm(data, fmap, SMALL, _cfg(epochs=4, checkpoint_path=str(ckpt)))

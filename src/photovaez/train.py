@@ -26,7 +26,7 @@ from .loss import alpha_weight, batch_loss
 from .model import SDGM, ModelConfig
 
 __all__ = ["TrainConfig", "TrainingArrays", "GradientSkipper", "resample_values", "resolve_device", "train_sdgm",
-           "validation_split"]
+           "validation_split", "checkpoint_key", "save_checkpoint", "load_checkpoint"]
 
 log = logging.getLogger("photovaez")
 
@@ -69,6 +69,14 @@ class TrainConfig:
         After training, fit a temperature for the amortised PDFs on the validation galaxies with
         redshifts (:mod:`photovaez.calibration`); it is stored in the model and applied when
         estimating.
+    checkpoint_path
+        If set, the complete training state (weights, optimiser, schedule, random-number states,
+        early-stopping and gradient-skipping state) is written there atomically every
+        ``checkpoint_every`` epochs.  If the file exists when training starts, training resumes
+        from it and ends with the same model as an uninterrupted run (on the CPU, same seed).  The
+        file is removed when training completes.
+    checkpoint_every
+        Epochs between checkpoints.
     """
 
     epochs: int = 300
@@ -90,10 +98,14 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     calibrate: bool = True
+    checkpoint_path: str = ""
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.n_mc_train < 1:
             raise ValueError("TrainConfig: epochs, batch_size and n_mc_train must be >= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.learning_rate <= 0:
@@ -225,6 +237,72 @@ def validation_split(data: TrainingArrays, fraction: float, seed: int) -> tuple[
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+# ------------------------------------------------------------------------------------------------
+# checkpoints: the whole training state, so that a resumed run ends where an uninterrupted one does
+
+CHECKPOINT_FORMAT = "photovaez-checkpoint-1"
+_NOT_IN_KEY = ("progress", "device", "checkpoint_path", "checkpoint_every", "calibrate")
+
+
+def checkpoint_key(data: TrainingArrays, feature_map: tuple[np.ndarray, np.ndarray], model_config: ModelConfig,
+                   config: TrainConfig) -> str:
+    """A digest of everything a checkpoint must agree with to be resumed: the training data, the
+    feature map, the network settings and the training settings that change the result."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(CHECKPOINT_FORMAT.encode())
+    for a in (data.values, data.errors, data.z, data.labelled, *feature_map):
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
+    h.update(json.dumps([model_config.to_dict(), settings], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
+    """Write a training checkpoint atomically (a temporary file in the same folder, then
+    ``os.replace``): an interruption leaves the previous checkpoint or the new one, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str, key: str) -> dict[str, Any] | None:
+    """The training state in ``path`` (None if there is no file).
+
+    Loaded with ``torch.load(weights_only=True)``: tensors and plain containers only, no code.
+    A file that is not a readable checkpoint, or one written for other data or settings
+    (``key``, see :func:`checkpoint_key`), is an error rather than a silent fresh start.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds on a damaged file
+        raise ValueError(f"checkpoint_path {path!r} is not a readable PhotoVAEz checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); delete it to train "
+                         "from the start") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint_path {path!r} is not a PhotoVAEz checkpoint (format "
+                         f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r})")
+    if state.get("key") != key:
+        raise ValueError(f"checkpoint_path {path!r} was written for other training data or settings; delete it "
+                         "(or choose another path) to train from the start")
+    return state
+
+
 def train_sdgm(
     data: TrainingArrays,
     feature_map: tuple[np.ndarray, np.ndarray],
@@ -304,12 +382,29 @@ def train_sdgm(
 
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
     best = (math.inf, -1, None)
-    epochs_run = 0
+    epochs_run = start_epoch = 0
+    ckpt_key = checkpoint_key(data, feature_map, model_config, config) if config.checkpoint_path else ""
+    state = load_checkpoint(config.checkpoint_path, ckpt_key) if config.checkpoint_path else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        skipper.__dict__.update(state["skipper"])
+        history = state["history"]
+        best = (state["best_score"], state["best_epoch"], state["best_state"])
+        epochs_run = start_epoch = int(state["epoch"])
+        log.info("resuming training from %s after epoch %d", config.checkpoint_path, start_epoch)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    bar = tqdm(range(config.epochs), desc="PhotoVAEz training", disable=not config.progress) if tqdm else range(config.epochs)
+    epochs = range(start_epoch, config.epochs)
+    bar = tqdm(epochs, desc="PhotoVAEz training", disable=not config.progress, initial=start_epoch,
+               total=config.epochs) if tqdm else epochs
     for epoch in bar:
         model.train()
         perm = torch.randperm(len(tr), generator=gen).to(device)
@@ -346,6 +441,16 @@ def train_sdgm(
         if epoch + 1 >= config.min_epochs and epoch - best[1] >= config.patience:
             log.info("early stopping at epoch %d (best %d)", epoch + 1, best[1] + 1)
             break
+        if config.checkpoint_path and (epoch + 1) % config.checkpoint_every == 0 and epoch + 1 < config.epochs:
+            save_checkpoint(config.checkpoint_path, {
+                "key": ckpt_key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "skipper": dict(skipper.__dict__), "history": history, "best_score": best[0],
+                "best_epoch": best[1], "best_state": best[2],
+            })
+    if config.checkpoint_path and os.path.exists(config.checkpoint_path):
+        os.remove(config.checkpoint_path)  # training completed: a later run starts afresh
     if best[2] is not None:
         model.load_state_dict(best[2])
     model.to("cpu").eval()

@@ -285,6 +285,10 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         progress=Param(bool, False, msg="show a progress bar while training"),
         calibrate=Param(bool, True, msg="fit a temperature for the amortised PDFs on the labelled validation "
                         "galaxies (PIT made uniform); stored in the model and applied when estimating"),
+        checkpoint_path=Param(str, "", msg="file for the training state, written atomically every checkpoint_every "
+                              "epochs; if it exists, training resumes from it (same result as an uninterrupted "
+                              "run); removed when training completes; '' = no checkpoints"),
+        checkpoint_every=Param(int, 1, msg="epochs between training checkpoints"),
     )
     inputs = [("input", TableHandle), ("unlabeled", TableHandle)]
     outputs = [("model", PhotoVAEzModelHandle)]
@@ -293,7 +297,7 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
     _TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "lr_warmup_epochs", "lr_final_fraction",
                    "weight_decay", "n_mc_train", "resample", "resample_scale", "grad_skip_threshold",
                    "grad_skip_factor", "grad_skip_warmup", "validation_fraction", "patience", "min_epochs",
-                   "seed", "device", "progress", "calibrate")
+                   "seed", "device", "progress", "calibrate", "checkpoint_path", "checkpoint_every")
 
     def __init__(self, args: Any, **kwargs: Any) -> None:
         super().__init__(args, **kwargs)
