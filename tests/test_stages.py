@@ -28,7 +28,7 @@ from rail.estimation.algos.photovaez import (
 TINY = dict(hidden=[32, 32], dim_a=4, dim_b=4, epochs=2, batch_size=64, min_epochs=1, device="cpu",
             hdf5_groupname="")
 EST = dict(device="cpu", n_b_samples=8, nzbins=151)
-ANCIL = {"zmode", "zmean", "zmedian", "n_nondetect", "pdf_flag"}
+ANCIL = {"zmode", "zmean", "zmedian", "n_nondetect", "n_bad_error", "pdf_flag"}
 
 _counter = iter(range(10**6))
 

@@ -36,7 +36,10 @@ def split_labelled(table: Mapping[str, Any], redshift_col: str | None) -> np.nda
     n = _n_rows(table)
     if not redshift_col or redshift_col not in table:
         return np.zeros(n, bool)
-    z = np.asarray(table[redshift_col], dtype=np.float64)
+    z = np.asarray(table[redshift_col])
+    if z.dtype.kind not in "fiu":
+        raise TypeError(f"column {redshift_col!r} (redshift_col) must hold numbers, got dtype {z.dtype}")
+    z = z.astype(np.float64)
     return np.isfinite(z) & (z > 0)
 
 
@@ -75,6 +78,9 @@ def fit(
     lab_mask = split_labelled(labelled_table, redshift_col)
     if redshift_col not in labelled_table:
         raise KeyError(f"column {redshift_col!r} (redshift_col) is missing from the training table")
+    if not lab_mask.all():
+        log.warning("%d training rows have a NaN, infinite, zero or negative %r: used as unlabelled galaxies",
+                    int((~lab_mask).sum()), redshift_col)
     phot = clean_photometry(labelled_table, spec)
     z = np.asarray(labelled_table[redshift_col], dtype=np.float64)
     if unlabelled_table is not None and _n_rows(unlabelled_table) > 0:
@@ -82,8 +88,7 @@ def fit(
             up = clean_photometry(unlabelled_table, spec)
         except KeyError as exc:
             raise KeyError(f"unlabelled table: {exc.args[0]}") from None
-        phot = Photometry(*(np.concatenate([a, b]) for a, b in zip(
-            (phot.mags, phot.errs, phot.extras, phot.nondetect), (up.mags, up.errs, up.extras, up.nondetect))))
+        phot = Photometry.concatenate([phot, up])
         z = np.concatenate([z, np.full(len(up), np.nan)])
         lab_mask = np.concatenate([lab_mask, np.zeros(len(up), bool)])
     if lab_mask.sum() == 0:
@@ -153,6 +158,23 @@ def load_predictor(model_dict: Mapping[str, Any]) -> Predictor:
     return Predictor(d, FeatureSpec.from_dict(d["feature_spec"]), Scaler.from_dict(d["scaler"]), model_from_dict(d))
 
 
+PDF_FLAGS = {0: "fine", 1: "no finite PDF could be made: a flat PDF is returned",
+             2: "every band a non-detection (or NaN): the PDF is the model's answer for limits only"}
+
+
+def quality_ancil(phot: Photometry, flag: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-galaxy input-quality columns of the ancil.
+
+    ``n_nondetect``: bands replaced by their limit (non-detections, NaN, +-inf, 99, -9999);
+    ``n_bad_error``: detected bands whose error was missing, non-finite or <= 0 and was replaced
+    by ``replace_error_vals``; ``pdf_flag``: ``flag`` (1 where no finite PDF could be made), or 2
+    where every band was a non-detection (see :data:`PDF_FLAGS`).
+    """
+    n_nd = phot.nondetect.sum(axis=1).astype(np.int16)
+    flag = np.where((flag == 0) & (n_nd == phot.nondetect.shape[1]), 2, flag).astype(np.int8)
+    return {"n_nondetect": n_nd, "n_bad_error": phot.bad_error.sum(axis=1).astype(np.int16), "pdf_flag": flag}
+
+
 def estimate(
     predictor: Predictor,
     table: Mapping[str, Any],
@@ -169,9 +191,8 @@ def estimate(
     pdfs
         (N, len(zgrid)) densities normalised to unit integral.
     ancil
-        ``zmode``, ``zmean``, ``zmedian``, ``n_nondetect`` (bands replaced by their limit) and
-        ``pdf_flag`` (0 = fine, 1 = no finite PDF could be made: flat PDF returned,
-        2 = every band was a non-detection).
+        ``zmode``, ``zmean``, ``zmedian`` and the input-quality columns of :func:`quality_ancil`
+        (``n_nondetect``, ``n_bad_error``, ``pdf_flag``).
     """
     from .amortized import q_z_given_x_on_grid
 
@@ -179,16 +200,14 @@ def estimate(
     if n == 0:
         empty = np.zeros((0, len(zgrid)))
         return empty, {k: np.zeros(0) for k in ("zmode", "zmean", "zmedian")} | {
-            "n_nondetect": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
+            "n_nondetect": np.zeros(0, np.int16), "n_bad_error": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
     from .calibration import apply_temperature
 
     x, phot = predictor.features(table)
     raw = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_b, seed=seed, device=device)
     pdfs, flag = apply_temperature(zgrid, raw, predictor.temperature)
-    n_nd = phot.nondetect.sum(axis=1).astype(np.int16)
-    flag = np.where((flag == 0) & (n_nd == phot.nondetect.shape[1]), 2, flag).astype(np.int8)
     ancil = point_estimates(zgrid, pdfs)
-    ancil.update(n_nondetect=n_nd, pdf_flag=flag)
+    ancil.update(quality_ancil(phot, flag))
     return pdfs, ancil
 
 
@@ -240,7 +259,7 @@ def estimate_posterior(
         (N, len(zgrid)) densities normalised to unit integral.
     ancil
         ``zmode``, ``zmean``, ``zmedian``, ``log_px``, ``kish_ess`` (of the log p(x) weights),
-        ``n_nondetect``, ``pdf_flag``; for ``grid`` also ``ess_at_mode`` (Kish ESS of the N weights
+        ``n_nondetect``, ``n_bad_error``, ``pdf_flag``; for ``grid`` also ``ess_at_mode`` (Kish ESS of the N weights
         at the posterior mode); for ``hmc`` also ``divergences`` and ``ess``.
     """
     from . import posterior as post
@@ -253,7 +272,7 @@ def estimate_posterior(
     if n == 0:
         keys = ("zmode", "zmean", "zmedian", "log_px", "kish_ess") + extra
         return np.zeros((0, len(zgrid))), {k: np.zeros(0) for k in keys} | {
-            "n_nondetect": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
+            "n_nondetect": np.zeros(0, np.int16), "n_bad_error": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
     n_imp = int(n_importance or {"grid": 256, "hmc": 64, "snis": 1024}[mode])
     params = predictor.jax_params
     x, phot = predictor.features(table)
@@ -273,11 +292,9 @@ def estimate_posterior(
         ancil["log_px"], ancil["kish_ess"] = lp.log_px, lp.kish_ess
     pdfs, flag = normalise(zgrid, raw)
     flag = np.maximum(flag, np.asarray(r.flag, np.int8))
-    n_nd = phot.nondetect.sum(axis=1).astype(np.int16)
-    flag = np.where((flag == 0) & (n_nd == phot.nondetect.shape[1]), 2, flag).astype(np.int8)
     out = point_estimates(zgrid, pdfs)
     out.update(ancil)
-    out.update(n_nondetect=n_nd, pdf_flag=flag)
+    out.update(quality_ancil(phot, flag))
     return pdfs, out
 
 

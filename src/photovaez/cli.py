@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("estimate", help="photo-z PDFs of a table (PhotoVAEzEstimator)", description=(
         "Estimate the photo-z PDFs of INPUT_FILE with MODEL; writes a qp ensemble (qp.interp on "
-        "linspace(zmin, zmax, nzbins), ancil zmode, zmean, zmedian, n_nondetect, pdf_flag)."))
+        "linspace(zmin, zmax, nzbins), ancil zmode, zmean, zmedian, n_nondetect, n_bad_error, pdf_flag)."))
     e.add_argument("model", metavar="MODEL", help="model file written by 'photovaez train'")
     e.add_argument("input_file", metavar="INPUT_FILE", help="photometry table (hdf5, parquet, fits, ...)")
     e.add_argument("--output", required=True, metavar="OUT.hdf5", help="PDF file to write (qp ensemble)")

@@ -158,13 +158,19 @@ class Photometry:
     """Cleaned catalogue columns of N galaxies.
 
     ``mags`` and ``errs`` are (N, B); ``extras`` is (N, E); ``nondetect`` (N, B) marks the bands
-    that were replaced by their limit.
+    that were replaced by their limit; ``bad_error`` (N, B) the detected bands whose error was
+    missing, non-finite or <= 0 and was replaced by ``replace_error_vals``.
     """
 
     mags: np.ndarray
     errs: np.ndarray
     extras: np.ndarray
     nondetect: np.ndarray
+    bad_error: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.bad_error is None:
+            self.bad_error = np.zeros(self.nondetect.shape, bool)
 
     def __len__(self) -> int:
         return self.mags.shape[0]
@@ -175,7 +181,13 @@ class Photometry:
         return np.concatenate([self.mags, self.extras], axis=1)
 
     def subset(self, idx: np.ndarray) -> "Photometry":
-        return Photometry(self.mags[idx], self.errs[idx], self.extras[idx], self.nondetect[idx])
+        return Photometry(self.mags[idx], self.errs[idx], self.extras[idx], self.nondetect[idx], self.bad_error[idx])
+
+    @staticmethod
+    def concatenate(parts: "list[Photometry]") -> "Photometry":
+        """The rows of several tables, in order."""
+        return Photometry(*(np.concatenate(arrays) for arrays in zip(
+            *((p.mags, p.errs, p.extras, p.nondetect, p.bad_error) for p in parts))))
 
 
 def _column(table: Mapping[str, Any], name: str, what: str) -> np.ndarray:
@@ -186,13 +198,9 @@ def _column(table: Mapping[str, Any], name: str, what: str) -> np.ndarray:
     col = np.asarray(table[name])
     if col.ndim != 1:
         raise ValueError(f"column {name!r} ({what}) must be one-dimensional, got shape {col.shape}")
-    if not (np.issubdtype(col.dtype, np.number) or col.dtype == bool):
-        try:
-            col = col.astype(np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"column {name!r} ({what}) must be numeric, got dtype {col.dtype} (e.g. {col[:3]!r})"
-            ) from None
+    if col.dtype.kind not in "fiu":  # strings, bytes, objects, booleans: refused, never guessed
+        raise TypeError(f"column {name!r} ({what}) must hold numbers (float or integer), got dtype {col.dtype} "
+                        f"(e.g. {col[:3]!r})")
     return col.astype(np.float64)
 
 
@@ -208,12 +216,12 @@ def clean_photometry(table: Mapping[str, Any], spec: FeatureSpec) -> Photometry:
     KeyError
         A column of the spec is missing (the message names it).
     TypeError
-        A column is not numeric.
+        A column does not hold numbers (strings, bytes, objects and booleans are refused).
     ValueError
         An extra column holds non-finite values.
     """
     n_rows = None
-    mags, errs, nd = [], [], []
+    mags, errs, nd, bad = [], [], [], []
     for i, (band, err_band) in enumerate(zip(spec.bands, spec.err_bands)):
         m = _column(table, band, "magnitude")
         e = _column(table, err_band, f"error of {band}")
@@ -232,6 +240,7 @@ def clean_photometry(table: Mapping[str, Any], spec: FeatureSpec) -> Photometry:
         mags.append(m)
         errs.append(e)
         nd.append(nondetect)
+        bad.append(bad_err & ~nondetect)
     extras = []
     for name in spec.extra_cols:
         c = _column(table, name, "extra feature")
@@ -248,6 +257,7 @@ def clean_photometry(table: Mapping[str, Any], spec: FeatureSpec) -> Photometry:
         errs=np.stack(errs, axis=1) if errs else np.zeros((n, 0)),
         extras=np.stack(extras, axis=1) if extras else np.zeros((n, 0)),
         nondetect=np.stack(nd, axis=1) if nd else np.zeros((n, 0), bool),
+        bad_error=np.stack(bad, axis=1) if bad else np.zeros((n, 0), bool),
     )
 
 

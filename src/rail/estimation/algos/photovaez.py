@@ -5,7 +5,7 @@
   unlabelled galaxies.
 * :class:`PhotoVAEzEstimator` gives the amortised PDFs q(z|x) on RAIL's grid
   ``linspace(zmin, zmax, nzbins)`` as a ``qp.interp`` ensemble, with ``zmode``, ``zmean``,
-  ``zmedian``, ``n_nondetect`` and ``pdf_flag`` in the ancil table.
+  ``zmedian``, ``n_nondetect``, ``n_bad_error`` and ``pdf_flag`` in the ancil table.
 * :class:`PhotoVAEzModelHandle` reads and writes the model file (a plain-data pickle, read with a
   restricted unpickler, written atomically; see :mod:`photovaez.io`).
 
@@ -389,8 +389,9 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
 
     A galaxy's PDF does not depend on the chunk (or MPI rank) it is estimated in: posterior-mode
     draws are keyed by the galaxy's row index.  Ancil: ``zmode``, ``zmean``, ``zmedian``,
-    ``n_nondetect`` (bands replaced by their limit), ``pdf_flag`` (0 fine, 1 no finite PDF:
-    flat PDF returned, 2 every band a non-detection); the posterior modes add ``log_px`` (IWAE
+    ``n_nondetect`` (bands replaced by their limit), ``n_bad_error`` (bands whose bad error was
+    replaced), ``pdf_flag`` (0 fine, 1 no finite PDF: flat PDF returned, 2 every band a
+    non-detection); the posterior modes add ``log_px`` (IWAE
     log p(x), low = unlike the training data) and ``kish_ess``; ``grid`` adds ``ess_at_mode``,
     ``hmc`` adds ``divergences`` and ``ess``.
     """
