@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -154,8 +153,9 @@ def scenario_data(name: str) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+    from photovaez.resources import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: str | None,

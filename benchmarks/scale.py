@@ -6,7 +6,7 @@ drawn with replacement, every magnitude redrawn from its error, ``m' = m + sigma
 errors kept), written to an hdf5 file (group ``photometry``).  Each (mode, N) run is a fresh
 subprocess that runs the RAIL stage exactly as a pipeline does: the input is read from the file
 chunk by chunk (``chunk_size``) and the PDFs are written chunk by chunk to the output file.  The
-subprocess reports its own wall time and peak RSS (``ru_maxrss``).  Peak memory bounded by the
+subprocess reports its own wall time and peak RSS (``VmHWM``, :func:`photovaez.resources.peak_rss_mb`).  Peak memory bounded by the
 chunk size, not by the catalogue, shows as the same peak RSS at N and 10 N.
 
 The amortised mode runs on 100,000 and 1,000,000 rows; the posterior modes (grid, snis, hmc, a
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -80,7 +79,9 @@ def _worker(args) -> int:
                output=args.output, seed=0)
     if args.mode == "hmc":
         cfg.update(hmc_num_warmup=args.hmc_warmup, hmc_num_samples=args.hmc_samples)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from photovaez.resources import peak_rss_mb
+
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     stage = PhotoVAEzEstimator.make_stage(name=f"scale_{args.mode}", model=args.model, **cfg)
     stage.set_data("input", TableHandle("input", path=args.input), do_read=False)  # read chunk by chunk
@@ -93,7 +94,7 @@ def _worker(args) -> int:
     with h5py.File(args.output, "r") as f:
         n_out = int(f["data"]["yvals"].shape[0])
     print(json.dumps({"mode": args.mode, "rows": args.rows, "n_out": n_out, "wall_s": wall,
-                      "gal_per_s": n_out / wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "gal_per_s": n_out / wall, "peak_rss_mb": peak_rss_mb(),
                       "rss_after_imports_mb": rss0, "output_mb": os.path.getsize(args.output) / 2**20}))
     return 0
 
@@ -106,20 +107,22 @@ def write_markdown(path: str, meta: dict, runs: list[dict]) -> None:
         f"{meta['chunk_size']}; model: default architecture ({meta['model']}). Synthetic catalogues: DC2 "
         "validation rows drawn with replacement, magnitudes redrawn from their errors. Each run is a fresh "
         "process running `PhotoVAEzEstimator` on the hdf5 file (read and written chunk by chunk); peak RSS "
-        "is the process's `ru_maxrss` (imports of torch, JAX and RAIL included). hmc: "
+        "is the process's high-water mark `VmHWM` (imports of torch, JAX and RAIL included; "
+        "RSS at start: after importing the RAIL stage module). hmc: "
         f"{meta['hmc_warmup']} warm-up + {meta['hmc_samples']} samples per galaxy.",
         "",
-        "| mode | rows | wall [s] | galaxies/s | peak RSS [MB] | output [MB] | 10^6 rows would take |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | rows | wall [s] | galaxies/s | peak RSS [MB] | RSS at start [MB] | output [MB] | "
+        "10^6 rows would take |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         if "error" in r:
-            lines.append(f"| {r['mode']} | {r['rows']:,} | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['mode']} | {r['rows']:,} | failed: {r['error']} | | | | | |")
             continue
         t6 = 1e6 / r["gal_per_s"]
         est = f"{t6 / 3600:.1f} h" if t6 >= 3600 else f"{t6 / 60:.1f} min"
         lines.append(f"| {r['mode']} | {r['rows']:,} | {r['wall_s']:.1f} | {r['gal_per_s']:,.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['output_mb']:.0f} | {est} |")
+                     f"{r['peak_rss_mb']:.0f} | {r['rss_after_imports_mb']:.0f} | {r['output_mb']:.0f} | {est} |")
     by_mode: dict[str, list[dict]] = {}
     for r in runs:
         if "error" not in r:

@@ -68,7 +68,7 @@ def _write_pipeline(folder: Path, model: Path, data: Path, nprocess: int) -> Pat
         stages.append(dict(name=name, classname="PhotoVAEzEstimator", nprocess=nprocess,
                            module_name="rail.estimation.algos.photovaez",
                            aliases=dict(input="input_test", model="input_model", output=f"output_{name}")))
-        config[name] = dict(posterior=mode, chunk_size=CHUNK, nzbins=151, seed=5, device="cpu",
+        config[name] = dict(name=name, posterior=mode, chunk_size=CHUNK, nzbins=151, seed=5, device="cpu",
                             hdf5_groupname="photometry", **extra)
     cfg = folder / "config.yml"
     cfg.write_text(yaml.safe_dump(config))
@@ -104,6 +104,9 @@ def test_two_ranks_match_one(mpi_ready, tmp_path, dc2_tables):
     two = _run(_write_pipeline(tmp_path / "two", tmp_path / "model.pkl", tmp_path / "test.hdf5", 2))
     assert "--mpi" not in one.stdout
     assert "mpirun -n 2" in two.stdout and "--mpi" in two.stdout  # ceci really launched two ranks
+    logs = "".join(p.read_text() for p in (tmp_path / "two").glob("*.out"))
+    assert "Process 1 running estimator on chunk" in logs  # and rank 1 took chunks
+    assert "Process 1 running" not in "".join(p.read_text() for p in (tmp_path / "one").glob("*.out"))
 
     for mode in MODES:
         a = qp.read(str(tmp_path / "one" / f"output_estimate_{mode}.hdf5"))

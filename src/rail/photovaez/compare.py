@@ -172,10 +172,11 @@ def _read_table(path: str) -> dict[str, np.ndarray]:
 
 
 def _peak_rss_mb() -> float:
-    scale = 1024.0 if sys.platform != "darwin" else 2**20
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / scale
+    """Peak RSS of this worker (its own address space) or of any child it waited for."""
+    from photovaez.resources import peak_rss_mb
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1024.0 if sys.platform != "darwin" else 2**20)
+    return max(peak_rss_mb(), kids)
 
 
 # ------------------------------------------------------------------------------------------------
