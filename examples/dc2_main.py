@@ -9,7 +9,9 @@
 3. RAIL's ``SingleEvaluator`` and :func:`photovaez.metrics.evaluate` score the PDFs and ``zmode``
    against the true redshifts; the metrics are written as JSON and a Markdown table.
 4. PNG plots: photo-z vs spec-z, PIT histogram, PIT QQ, stacked n(z), scatter and outliers in
-   bins of i magnitude and of redshift.
+   bins of i magnitude and of redshift, the latent a and b embeddings (PCA) coloured by redshift,
+   and the IWAE log p(x) of clean photometry against the same galaxies with one band shifted by
+   +-1.5 mag (the outlier score; its rank AUROC goes into the metrics).
 
 Usage::
 
@@ -47,6 +49,28 @@ def _subset(table: dict, n: int | None, seed: int) -> dict:
     return {k: np.asarray(v)[idx] for k, v in table.items()}
 
 
+def corrupt(table: dict, seed: int, shift: float = 1.5) -> dict:
+    """The same galaxies with one band each (at random) shifted by +-``shift`` magnitudes: a
+    photometric glitch that the IWAE log p(x) should flag."""
+    rng = np.random.default_rng(seed)
+    out = {k: np.array(v, dtype=float, copy=True) if k.startswith("mag_") else v for k, v in table.items()}
+    n = len(table["redshift"])
+    band = rng.integers(0, 6, n)
+    sign = rng.choice([-1.0, 1.0], n)
+    for i, b in enumerate("ugrizy"):
+        col = out[f"mag_{b}_lsst"]
+        hit = (band == i) & (np.abs(col) < 90)
+        col[hit] += sign[hit] * shift
+    return out
+
+
+def _outlier_scores(model_dict: dict, table: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from photovaez.api import load_predictor, log_px
+
+    pred = load_predictor(model_dict)
+    return log_px(pred, table, seed=seed), log_px(pred, corrupt(table, seed), seed=seed)
+
+
 def _markdown(metrics: dict, rail_summary: dict) -> str:
     rows = [
         ("galaxies estimated", metrics["n"], "{:d}"),
@@ -60,6 +84,7 @@ def _markdown(metrics: dict, rail_summary: dict) -> str:
         ("outlier rate (zmode)", metrics["outlier_rate"], "{:.4f}"),
         ("sigma_NMAD (zmode)", metrics["sigma_nmad"], "{:.4f}"),
         ("\\|dz\\|/(1+z) > 0.15 (zmode)", metrics["catastrophic_fraction"], "{:.4f}"),
+        ("log p(x) AUROC, clean vs one band +-1.5 mag", metrics.get("log_px_auroc", float("nan")), "{:.3f}"),
     ]
     lines = ["| metric | PhotoVAEz |", "|---|---|"]
     lines += [f"| {name} | {fmt.format(value)} |" for name, value, fmt in rows]
@@ -79,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunk-size", type=int, default=5000, help="estimation chunk size (default: 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and of the subsets (default: 0)")
     p.add_argument("--no-rail-evaluator", action="store_true", help="skip RAIL's SingleEvaluator")
+    p.add_argument("--n-latent", type=int, default=2000,
+                   help="validation galaxies in the latent-embedding and outlier-score plots (default: 2000)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -141,12 +168,6 @@ def main(argv: list[str] | None = None) -> dict:
     m = metrics.evaluate(zgrid, pdfs, ztrue, zmode)
     m.update(inform_wall_s=t_inform, estimate_wall_s=t_estimate,
              training_report={k: v for k, v in model.data["report"].items() if k != "history"})
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"photovaez": m, "rail_single_evaluator": {k: float(np.ravel(v)[0]) for k, v in rail_summary.items()}},
-                  f, indent=2, default=float)
-    with open(os.path.join(out, "metrics.md"), "w") as f:
-        f.write(_markdown(m, rail_summary))
-
     pd = os.path.join(out, "plots")
     plots.plot_zphot_zspec(zgrid, pdfs, ztrue, os.path.join(pd, "zphot_zspec.png"), zpoint=zmode)
     plots.plot_pit_hist(zgrid, pdfs, ztrue, os.path.join(pd, "pit_hist.png"))
@@ -154,6 +175,18 @@ def main(argv: list[str] | None = None) -> dict:
     plots.plot_nz(zgrid, pdfs, ztrue, os.path.join(pd, "nz.png"))
     plots.plot_metrics_vs_mag(zgrid, pdfs, ztrue, np.asarray(valid["mag_i_lsst"]), os.path.join(pd, "metrics_vs_mag_i.png"))
     plots.plot_metrics_vs_z(zgrid, pdfs, ztrue, os.path.join(pd, "metrics_vs_z.png"))
+    # the latent space and the log p(x) outlier score, on a random subset of the validation galaxies
+    sub = _subset(valid, args.n_latent, args.seed + 1)
+    plots.plot_latent_embeddings(model.data, sub, os.path.join(pd, "latent_embeddings.png"),
+                                 ztrue=np.asarray(sub["redshift"], float))
+    clean_px, corrupted_px = _outlier_scores(model.data, sub, args.seed)
+    plots.plot_outlier_scores(clean_px, corrupted_px, os.path.join(pd, "outlier_scores.png"))
+    m["log_px_auroc"] = plots.rank_auroc(clean_px, corrupted_px)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({"photovaez": m, "rail_single_evaluator": {k: float(np.ravel(v)[0]) for k, v in rail_summary.items()}},
+                  f, indent=2, default=float)
+    with open(os.path.join(out, "metrics.md"), "w") as f:
+        f.write(_markdown(m, rail_summary))
     print(_markdown(m, rail_summary))
     log.info("wrote %s", out)
     return m
