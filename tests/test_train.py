@@ -193,3 +193,39 @@ def test_checkpoint_of_other_settings_or_damaged_is_refused(dc2_tables, tmp_path
     torch.save({"weights": torch.zeros(3)}, str(ckpt))
     with pytest.raises(ValueError, match="not a PhotoVAEz checkpoint"):
         train_sdgm(data, fmap, SMALL, _cfg(epochs=4, checkpoint_path=str(ckpt)))
+
+
+def test_device_auto_picks_one_gpu_per_mpi_rank(monkeypatch):
+    from photovaez.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", rank=3) == torch.device("cpu")  # no GPU: the CPU, whatever the rank
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [str(resolve_device("auto", rank=r)) for r in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    assert str(resolve_device("auto")) == "cuda:0"
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "5")  # mpirun's rank, when none is passed
+    assert str(resolve_device("auto")) == "cuda:1"
+    assert str(resolve_device("cpu", rank=1)) == "cpu" and str(resolve_device("cuda:0", rank=1)) == "cuda:0"
+
+
+def test_estimator_stage_uses_its_rank_for_the_device(monkeypatch):
+    """Under ceci --mpi the stage's comm gives the rank; each rank takes GPU rank % n_gpus."""
+    from rail.estimation.algos.photovaez import PhotoVAEzEstimator
+
+    class FakeComm:  # what ceci passes: an object with Get_rank / Get_size
+        def __init__(self, rank, size):
+            self.rank, self.size = rank, size
+
+        def Get_rank(self):
+            return self.rank
+
+        def Get_size(self):
+            return self.size
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    devices = [PhotoVAEzEstimator.make_stage(name=f"dev_rank{r}", comm=FakeComm(r, 6))._device() for r in range(6)]
+    assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
