@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rail.photovaez.compare import ESTIMATORS
 
     c = sub.add_parser("compare", help="PhotoVAEz against RAIL's other estimators on the same files",
-                       formatter_class=fmt, description=(
+                       description=(
                            "Inform every estimator on TRAIN_FILE and score its PDFs of TEST_FILE (which holds the "
                            "true redshifts) with RAIL's metrics; each estimator runs in its own process with a "
                            "time limit. Rows of TRAIN_FILE whose redshift is NaN or <= 0, and --unlabeled, go "
@@ -607,11 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--estimators", nargs="+", default=None, metavar="NAME",
                    help=f"estimators (space- or comma-separated) from {list(ESTIMATORS)}; default: every "
                         "installed one")
-    c.add_argument("--group", "--hdf5-groupname", default=DEFAULT_GROUP, help=group_help)
-    c.add_argument("--redshift-col", default="redshift", help="column of the (true) redshift in both files")
-    c.add_argument("--zmin", type=float, default=0.0, help="lower end of the redshift grid")
-    c.add_argument("--zmax", type=float, default=3.0, help="upper end of the redshift grid")
-    c.add_argument("--nzbins", type=int, default=301, help="points of the redshift grid")
+    c.add_argument("--group", "--hdf5-groupname", default=DEFAULT_GROUP, help=group_help + " (default: %(default)s)")
+    c.add_argument("--redshift-col", default="redshift", help="column of the (true) redshift in both files (default: %(default)s)")
+    c.add_argument("--zmin", type=float, default=0.0, help="lower end of the redshift grid (default: %(default)s)")
+    c.add_argument("--zmax", type=float, default=3.0, help="upper end of the redshift grid (default: %(default)s)")
+    c.add_argument("--nzbins", type=int, default=301, help="points of the redshift grid (default: %(default)s)")
     c.add_argument("--bands", type=_list_parser(["a"]), default=None, metavar="A,B,..",
                    help="magnitude columns (default: each estimator's RAIL default, LSST ugrizy)")
     c.add_argument("--err-bands", type=_list_parser(["a"]), default=None, metavar="A,B,..",
@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", type=_set_option, metavar="ESTIMATOR.KEY=VALUE",
                    help="an option of one estimator's stages, e.g. PhotoVAEz.epochs=50 or "
                         "KNearNeigh.nneigh_max=9 (VALUE as JSON, else text); repeatable")
-    c.add_argument("--timeout", type=float, default=1200.0, help="seconds per estimator (inform + estimate)")
+    c.add_argument("--timeout", type=float, default=1200.0, help="seconds per estimator (inform + estimate) (default: %(default)s)")
     c.set_defaults(func=cmd_compare)
     return p
 
