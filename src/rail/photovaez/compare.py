@@ -209,7 +209,8 @@ def run_estimator(name: str, job: Mapping[str, Any]) -> dict[str, Any]:
     zcol = job["redshift_col"]
     zgrid = redshift_grid(opts["zmin"], opts["zmax"], opts["nzbins"])
     ztrue = np.asarray(test[zcol], dtype=np.float64).reshape(-1)
-    test_in = {k: v for k, v in test.items() if k != zcol}
+    # the truth column stays (some stages, e.g. PZFlow's, select it) but holds NaN: no estimator sees it
+    test_in = {**test, zcol: np.full(len(ztrue), np.nan)}
 
     work = tempfile.mkdtemp(prefix=f"compare_{name}_")
     cwd = os.getcwd()
@@ -318,8 +319,8 @@ def compare(labelled: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], 
     labelled
         Training table with the true redshifts (column ``options["redshift_col"]``).
     test
-        Table to estimate; it must hold the true redshifts in the same column (they are removed
-        before the estimators see it).
+        Table to estimate; it must hold the true redshifts in the same column (the estimators see
+        that column filled with NaN).
     unlabelled
         Photometry without redshifts, given to the semi-supervised estimators only.
     options
