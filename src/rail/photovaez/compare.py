@@ -64,10 +64,6 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 SEMI_SUPERVISED = frozenset({"PhotoVAEz"})
 RUN_LAST = ("PZFlow",)  # the slowest and largest: run after the others
-# Options that differ from an estimator's RAIL defaults unless the caller sets them.  PZFlow
-# evaluates chunk_size x nzbins flow densities at once (about 19 GB at its default 10,000 on a
-# 301-point grid); 1,000 gives the same PDFs in bounded memory.
-DEFAULT_STAGE_OPTIONS: dict[str, dict[str, Any]] = {"PZFlow": {"chunk_size": 1000}}
 
 # columns of the Markdown table: (result key, label, format)
 TABLE_COLS = [
@@ -205,7 +201,7 @@ def run_estimator(name: str, job: Mapping[str, Any]) -> dict[str, Any]:
     labelled, test = _read_table(job["labelled"]), _read_table(job["test"])
     semi = name in SEMI_SUPERVISED and job.get("unlabelled")
     unlabelled = _read_table(job["unlabelled"]) if semi else None
-    opts = {**job["options"], **DEFAULT_STAGE_OPTIONS.get(name, {}), **job.get("stage_options", {})}
+    opts = {**job["options"], **job.get("stage_options", {})}
     zcol = job["redshift_col"]
     zgrid = redshift_grid(opts["zmin"], opts["zmax"], opts["nzbins"])
     ztrue = np.asarray(test[zcol], dtype=np.float64).reshape(-1)
