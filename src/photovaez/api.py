@@ -158,17 +158,14 @@ def load_predictor(model_dict: Mapping[str, Any]) -> Predictor:
     return Predictor(d, FeatureSpec.from_dict(d["feature_spec"]), Scaler.from_dict(d["scaler"]), model_from_dict(d))
 
 
-PDF_FLAGS = {0: "fine", 1: "no finite PDF could be made: a flat PDF is returned",
-             2: "every band a non-detection (or NaN): the PDF is the model's answer for limits only"}
-
-
 def quality_ancil(phot: Photometry, flag: np.ndarray) -> dict[str, np.ndarray]:
     """Per-galaxy input-quality columns of the ancil.
 
     ``n_nondetect``: bands replaced by their limit (non-detections, NaN, +-inf, 99, -9999);
     ``n_bad_error``: detected bands whose error was missing, non-finite or <= 0 and was replaced
-    by ``replace_error_vals``; ``pdf_flag``: ``flag`` (1 where no finite PDF could be made), or 2
-    where every band was a non-detection (see :data:`PDF_FLAGS`).
+    by ``replace_error_vals``; ``pdf_flag``: 0 fine, 1 no finite PDF could be made (a flat PDF is
+    returned; from ``flag``), 2 every band a non-detection (the PDF is the model's answer for
+    band limits only).
     """
     n_nd = phot.nondetect.sum(axis=1).astype(np.int16)
     flag = np.where((flag == 0) & (n_nd == phot.nondetect.shape[1]), 2, flag).astype(np.int8)
