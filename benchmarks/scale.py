@@ -42,7 +42,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BANDS = [f"mag_{b}_lsst" for b in "ugrizy"]
 ERRS = [f"mag_err_{b}_lsst" for b in "ugrizy"]
 POSTERIOR_ROWS = {"snis": [2000, 20000], "grid": [100, 1000], "hmc": [10, 100]}
-MODE_OPTIONS = {"amortized": {}, "snis": {}, "grid": {}, "hmc": {}}
 
 
 def synthesise(path: str, n_rows: int, seed: int = 0, block: int = 200_000) -> None:

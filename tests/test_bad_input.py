@@ -77,6 +77,9 @@ def test_wrong_dtype_is_named(model, data, bad):
     t["mag_g_lsst"] = bad
     with pytest.raises(TypeError, match=r"PhotoVAEzEstimator.*'mag_g_lsst'.*must hold numbers.*dtype"):
         _estimate(model, t)
+
+
+def test_wrong_dtype_in_training_is_named(data):
     train = _copy(data[0])
     train["mag_err_r_lsst"] = np.array(["x"] * len(train["redshift"]))
     with pytest.raises(TypeError, match="'mag_err_r_lsst'"):

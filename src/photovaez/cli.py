@@ -501,7 +501,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     labelled, unlabelled = split_labelled(train, args.redshift_col)
     if args.unlabeled:
         extra = read_table(args.unlabeled, args.group, "unlabeled")
-        _check_columns(list(extra), {c: w for c, w in columns.items()}, args.unlabeled)
+        _check_columns(list(extra), columns, args.unlabeled)
         extra = {k: v for k, v in extra.items() if k != args.redshift_col}
         if unlabelled is not None:
             common = [k for k in unlabelled if k in extra]

@@ -198,6 +198,15 @@ class GradientSkipper:
             del self.history[: -self.window]
         return True
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (for training checkpoints)."""
+        return {"history": list(self.history), "n_steps": self.n_steps, "n_skipped": self.n_skipped,
+                "n_nonfinite": self.n_nonfinite}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.n_steps, self.n_skipped, self.n_nonfinite = state["n_steps"], state["n_skipped"], state["n_nonfinite"]
+
     @property
     def skipped_fraction(self) -> float:
         return self.n_skipped / max(self.n_steps, 1)
@@ -393,7 +402,7 @@ def train_sdgm(
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-        skipper.__dict__.update(state["skipper"])
+        skipper.load_state_dict(state["skipper"])
         history = state["history"]
         best = (state["best_score"], state["best_epoch"], state["best_state"])
         epochs_run = start_epoch = int(state["epoch"])
@@ -446,7 +455,7 @@ def train_sdgm(
                 "key": ckpt_key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "skipper": dict(skipper.__dict__), "history": history, "best_score": best[0],
+                "skipper": skipper.state_dict(), "history": history, "best_score": best[0],
                 "best_epoch": best[1], "best_state": best[2],
             })
     if config.checkpoint_path and os.path.exists(config.checkpoint_path):

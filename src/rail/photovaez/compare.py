@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
-    "ESTIMATORS", "SEMI_SUPERVISED", "TABLE_COLS", "compare", "installed_estimators", "shared_options",
+    "ESTIMATORS", "SEMI_SUPERVISED", "TABLE_COLS", "compare", "installed_estimators", "run_order", "shared_options",
     "split_labelled", "markdown_table",
 ]
 
@@ -89,6 +89,11 @@ def importable(name: str) -> bool:
         return importlib.util.find_spec(_module(name)) is not None
     except (ImportError, ValueError):
         return False
+
+
+def run_order(names: Sequence[str]) -> list[str]:
+    """``names`` with the slowest and largest (:data:`RUN_LAST`) moved to the end."""
+    return [e for e in names if e not in RUN_LAST] + [e for e in names if e in RUN_LAST]
 
 
 def installed_estimators() -> list[str]:
@@ -344,7 +349,7 @@ def compare(labelled: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], 
         if zcol not in table:
             raise KeyError(f"redshift column {zcol!r} is not in the {what} table; its columns are {list(table)}")
     names = list(estimators) if estimators is not None else installed_estimators()
-    order = [e for e in names if e not in RUN_LAST] + [e for e in names if e in RUN_LAST]
+    order = run_order(names)
     stage_options = stage_options or {}
 
     results: dict[str, dict] = {}
