@@ -5,4 +5,11 @@ training, amortised PDFs, the JAX export and the model posterior.  The RAIL stag
 ``rail.estimation.algos.photovaez``.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+try:
+    # the version is written in one place, pyproject.toml; the installed metadata carries it
+    __version__ = _distribution_version("pz-rail-photovaez")
+except _PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
