@@ -113,3 +113,18 @@ def test_standardisation_fitted_and_affine_map_consistent():
 def test_spec_round_trip_dict():
     spec = preset("sdss_wise")
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_extra_columns_with_many_rows_and_bad_bands():
+    """Regression: the extra-column check once reused the per-band ``bad`` list, so any spec with
+    extra columns and more than one row failed; the extra column enters x unchanged (standardised)
+    and the per-band bad-error flags survive."""
+    spec = FeatureSpec(extra_cols=["ebv"])
+    t = _table(50, ebv=np.linspace(0.0, 0.2, 50))
+    t["mag_err_r_lsst"] = np.where(np.arange(50) == 3, -1.0, t["mag_err_r_lsst"])
+    p = clean_photometry(t, spec)
+    np.testing.assert_array_equal(p.extras[:, 0], t["ebv"])
+    assert p.bad_error.shape == (50, 6) and p.bad_error[3, 2] and p.bad_error.sum() == 1
+    x = features(p, spec, fit_scaler(p, spec))
+    ebv = np.asarray(t["ebv"])
+    np.testing.assert_allclose(x[:, -1], (ebv - ebv.mean()) / ebv.std())

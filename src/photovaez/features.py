@@ -15,12 +15,12 @@ limiting magnitude, with error ``nondetect_err``.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .config import Config
 
 __all__ = [
     "FeatureSpec",
@@ -42,8 +42,13 @@ LSST_ERR_BANDS = [f"mag_err_{b}_lsst" for b in "ugrizy"]
 LSST_MAG_LIMITS = dict(zip(LSST_BANDS, [27.79, 29.04, 29.06, 28.62, 27.98, 27.05]))
 
 
+def adjacent_colours(bands: Sequence[str]) -> list[list[str]]:
+    """Colours of neighbouring bands, ``[[b0, b1], [b1, b2], ...]``."""
+    return [[a, b] for a, b in zip(bands[:-1], bands[1:])]
+
+
 @dataclass
-class FeatureSpec:
+class FeatureSpec(Config):
     """Which columns form the model input ``x``.
 
     Parameters
@@ -100,7 +105,7 @@ class FeatureSpec:
         if self.mag_features is None:
             self.mag_features = list(self.bands)
         if self.colours is None:
-            self.colours = [[a, b] for a, b in zip(self.bands[:-1], self.bands[1:])]
+            self.colours = adjacent_colours(self.bands)
         self.colours = [list(c) for c in self.colours]
         self.extra_cols = list(self.extra_cols)
         for name in self.mag_features:
@@ -136,21 +141,6 @@ class FeatureSpec:
 
     def limit(self, band: str) -> float:
         return float(self.mag_limits.get(band, self.default_mag_limit))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form, stored in the model file."""
-        d = dataclasses.asdict(self)
-        if isinstance(d["nondetect_val"], float) and math.isnan(d["nondetect_val"]):
-            d["nondetect_val"] = float("nan")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"FeatureSpec: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(d))
 
 
 @dataclass
@@ -244,11 +234,11 @@ def clean_photometry(table: Mapping[str, Any], spec: FeatureSpec) -> Photometry:
     extras = []
     for name in spec.extra_cols:
         c = _column(table, name, "extra feature")
-        bad = ~np.isfinite(c)
-        if bad.any():
+        not_finite = ~np.isfinite(c)
+        if not_finite.any():
             raise ValueError(
-                f"column {name!r} (extra feature) has {int(bad.sum())} non-finite values "
-                f"(first at row {int(np.argmax(bad))}); extra columns cannot be imputed"
+                f"column {name!r} (extra feature) has {int(not_finite.sum())} non-finite values "
+                f"(first at row {int(np.argmax(not_finite))}); extra columns cannot be imputed"
             )
         extras.append(c)
     n = n_rows or 0
@@ -362,8 +352,7 @@ def _sdss_wise() -> FeatureSpec:
     bands = SDSS_WISE_MODEL + SDSS_WISE_WISE + SDSS_WISE_PSF
     err_bands = [f"{b}_err" for b in SDSS_WISE_MODEL + SDSS_WISE_WISE] + [f"{b}_err" for b in SDSS_WISE_PSF]
     model_chain = SDSS_WISE_MODEL + SDSS_WISE_WISE
-    colours = [[a, b] for a, b in zip(model_chain[:-1], model_chain[1:])]
-    colours += [[a, b] for a, b in zip(SDSS_WISE_PSF[:-1], SDSS_WISE_PSF[1:])]
+    colours = adjacent_colours(model_chain) + adjacent_colours(SDSS_WISE_PSF)
     limits = dict(zip(bands, [22.0, 22.2, 22.2, 21.3, 20.5, 19.6, 19.3, 22.0, 22.2, 22.2, 21.3, 20.5]))
     return FeatureSpec(
         bands=bands,
@@ -394,7 +383,3 @@ def spec_with(spec: FeatureSpec, **changes: Any) -> FeatureSpec:
     d = spec.to_dict()
     d.update(changes)
     return FeatureSpec.from_dict(d)
-
-
-def adjacent_colours(bands: Sequence[str]) -> list[list[str]]:
-    return [[a, b] for a, b in zip(bands[:-1], bands[1:])]
