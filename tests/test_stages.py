@@ -111,27 +111,45 @@ def test_light_import_and_discovery():
     assert out.stdout.strip().endswith("OK")
 
 
-def test_stage_params_legal_and_defaults_match_core():
+def test_stage_options_are_the_core_configuration():
+    """Every user-facing field of ModelConfig/TrainConfig/EstimateConfig is a stage option whose value
+    reaches the core config; RAIL's own checks of the parameters pass."""
     from rail.utils.testing_utils import check_stage_params
 
-    from photovaez.model import ModelConfig
-    from photovaez.train import TrainConfig
+    from photovaez.config import EstimateConfig, ModelConfig, TrainConfig, options
 
     assert check_stage_params(PhotoVAEzInformer) is None
     assert check_stage_params(PhotoVAEzEstimator) is None
-    opts = PhotoVAEzInformer.config_options
-    tc, mc = TrainConfig(), ModelConfig()
-    for key in PhotoVAEzInformer._TRAIN_KEYS:
-        default = opts[key].default
-        if key == "grad_skip_threshold":
-            assert default == 0.0 and tc.grad_skip_threshold is None  # 0 = adaptive
-        elif key == "progress":
-            assert default is False  # no progress bar in pipeline logs
-        else:
-            assert default == getattr(tc, key), key
-    for key in PhotoVAEzInformer._MODEL_KEYS:
-        assert opts[key].default == getattr(mc, key), key
+    inf = PhotoVAEzInformer.make_stage(name=_name("inf"), epochs=7, hidden=[8, 4], x_logvar_min=-5.0,
+                                       zmax=2.5, nzbins=251, resample=False)
+    tc, mc = inf.train_config, inf.model_config
+    assert (tc.epochs, tc.zmax, tc.nzbins, tc.resample) == (7, 2.5, 251, False)
+    assert (mc.hidden, mc.x_logvar_min) == ([8, 4], -5.0)
+    assert tc.progress is False and TrainConfig().progress is True  # no progress bar in pipeline logs
+    for cls, stage in ((ModelConfig, PhotoVAEzInformer), (TrainConfig, PhotoVAEzInformer),
+                       (EstimateConfig, PhotoVAEzEstimator)):
+        for o in options(cls):
+            assert o.name in stage.config_options, (cls.__name__, o.name)
+            assert stage.config_options[o.name].msg == o.help
+    assert "dim_x" not in PhotoVAEzInformer.config_options  # set from the features, not by users
     assert PhotoVAEzEstimator.default_distribution_type() == DistributionType.posterior
+
+
+def test_informer_takes_rail_shared_grid_options(tables):
+    """One dict of shared options, as pipelines pass to every informer (trainZ, KNN, FlexZBoost ...),
+    works for PhotoVAEz: zmin/zmax/nzbins set the calibration range and are recorded in the model."""
+    from rail.estimation.algos.train_z import TrainZInformer
+
+    shared = dict(zmin=0.0, zmax=3.0, nzbins=301, hdf5_groupname="")
+    TrainZInformer.make_stage(name=_name("tz"), **shared)
+    stage = PhotoVAEzInformer.make_stage(name=_name("inf"), **{**TINY, **shared, "zmax": 2.0, "nzbins": 201})
+    model = stage.inform(tables[0]).data
+    assert (model["train_config"]["zmin"], model["train_config"]["zmax"], model["train_config"]["nzbins"]) == \
+        (0.0, 2.0, 201)
+    with pytest.raises(ValueError, match="unknown configuration option.*'zmaxx'.*did you mean 'zmax'"):
+        PhotoVAEzInformer.make_stage(name=_name("inf"), zmin=0, zmax=3, nzbins=301, zmaxx=3)
+    with pytest.raises(ValueError, match="invalid redshift range"):
+        PhotoVAEzInformer.make_stage(name=_name("inf"), **{**TINY, "zmin": 1.0, "zmax": 0.5})
 
 
 @pytest.mark.parametrize("cls,key,suggestion", [
@@ -384,3 +402,68 @@ def test_amortized_mode_can_report_log_px(trained, tables):
                                             hdf5_groupname="", output_mode="return")
         lp.append(_ancil(est.estimate(t).data, "log_px"))
     assert np.all(np.isfinite(lp[0])) and np.mean(lp[1] < lp[0]) > 0.8
+
+
+# --------------------------------------------------------------------------------------------
+# feature sets with extra columns
+
+
+def _sdss_wise_table(n: int, seed: int) -> dict:
+    """A synthetic table with the 23-feature ``sdss_wise`` columns (no real SDSS+WISE catalogue
+    with spectroscopic redshifts is at hand): colours that redden smoothly with z, psf magnitudes
+    fainter than model ones, an i-band extinction, a few W2 non-detections (99)."""
+    from photovaez.features import SDSS_WISE_MODEL, SDSS_WISE_PSF, SDSS_WISE_WISE
+
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.02, 0.4, n)
+    r = rng.uniform(15.0, 17.7, n)
+    colour = {"u": 1.2 + 4 * z, "g": 0.5 + 2.5 * z, "r": 0.0 * z, "i": -0.3 - 1.2 * z, "z": -0.5 - 1.8 * z,
+              "w1": -1.5 - 2.0 * z, "w2": -1.8 - 1.5 * z}  # m_band - m_r
+    t: dict[str, np.ndarray] = {"redshift": z, "extinction_i": rng.uniform(0.0, 0.15, n)}
+    names = dict(zip("ugriz", SDSS_WISE_MODEL)) | dict(zip(("w1", "w2"), SDSS_WISE_WISE))
+    for band, col in names.items():
+        t[col] = r + colour[band] + rng.normal(0, 0.03, n)
+        t[col + "_err"] = rng.uniform(0.01, 0.06, n)
+    for band, col in zip("ugriz", SDSS_WISE_PSF):
+        t[col] = t[names[band]] + 0.4 + rng.normal(0, 0.03, n)
+        t[col + "_err"] = rng.uniform(0.01, 0.06, n)
+    t["w2mpro"][rng.random(n) < 0.05] = 99.0
+    return t
+
+
+def test_sdss_wise_preset_through_both_stages():
+    """The draft's 23-feature set (with the extra column extinction_i) trains and estimates end to
+    end; the photo-z follow the synthetic colour-redshift relation; a table without the extra
+    column is refused by name."""
+    from scipy.stats import spearmanr
+
+    train, test = _sdss_wise_table(800, 1), _sdss_wise_table(200, 2)
+    opts = dict(TINY, feature_preset="sdss_wise", epochs=25, hidden=[64, 64], zmax=0.6, nzbins=121)
+    model = PhotoVAEzInformer.make_stage(name=_name("inf"), **opts).inform(train).data
+    assert model["model_config"]["dim_x"] == 23
+    assert model["feature_spec"]["extra_cols"] == ["extinction_i"]
+    ens = _estimate(model, test, zmax=0.6, nzbins=121, output_mode="return")
+    assert ens.npdf == 200 and np.all(np.isfinite(ens.objdata["yvals"]))
+    assert _ancil(ens, "n_nondetect").sum() == int((test["w2mpro"] == 99.0).sum())
+    assert spearmanr(_ancil(ens, "zmode"), test["redshift"]).statistic > 0.8
+    with pytest.raises(KeyError, match="extinction_i"):
+        _estimate(model, {k: v for k, v in test.items() if k != "extinction_i"}, output_mode="return")
+
+
+def test_extra_cols_on_dc2_columns(tables):
+    """The stages' ``extra_cols`` option on DC2 columns: the i-band error enters x as a 12th feature
+    (standardised), and the estimator needs that column."""
+    from photovaez.api import load_predictor
+    from photovaez.features import feature_names
+
+    model = PhotoVAEzInformer.make_stage(name=_name("inf"), extra_cols=["mag_err_i_lsst"], **TINY).inform(
+        tables[0]).data
+    pred = load_predictor(model)
+    assert model["model_config"]["dim_x"] == 12 and feature_names(pred.spec)[-1] == "mag_err_i_lsst"
+    x, _ = pred.features(tables[1])
+    e = np.asarray(tables[1]["mag_err_i_lsst"], np.float64)
+    np.testing.assert_allclose(x[:, -1], (e - pred.scaler.mean[-1]) / pred.scaler.std[-1])
+    ens = _estimate(model, tables[1], output_mode="return")
+    assert ens.npdf == len(e) and np.all(np.isfinite(ens.objdata["yvals"]))
+    with pytest.raises(KeyError, match="mag_err_i_lsst"):
+        _estimate(model, {k: v for k, v in tables[1].items() if k != "mag_err_i_lsst"}, output_mode="return")

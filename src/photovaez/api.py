@@ -19,7 +19,7 @@ from .io import model_from_dict, model_to_dict, validate_model_dict
 from .model import ModelConfig
 from .train import TrainConfig, TrainingArrays, train_sdgm
 
-__all__ = ["split_labelled", "fit", "Predictor", "load_predictor", "estimate"]
+__all__ = ["labelled_mask", "fit", "Predictor", "load_predictor", "estimate"]
 
 log = logging.getLogger("photovaez")
 
@@ -30,7 +30,7 @@ def _n_rows(table: Mapping[str, Any]) -> int:
     return 0
 
 
-def split_labelled(table: Mapping[str, Any], redshift_col: str | None) -> np.ndarray:
+def labelled_mask(table: Mapping[str, Any], redshift_col: str | None) -> np.ndarray:
     """Labelled mask of a table: rows whose ``redshift_col`` is finite and > 0.  A table without
     that column (or ``redshift_col=None``) is all unlabelled."""
     n = _n_rows(table)
@@ -75,7 +75,7 @@ def fit(
     mc = ModelConfig.from_dict({**mc_dict, "dim_x": spec.dim})
     tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config or {}))
 
-    lab_mask = split_labelled(labelled_table, redshift_col)
+    lab_mask = labelled_mask(labelled_table, redshift_col)
     if redshift_col not in labelled_table:
         raise KeyError(f"column {redshift_col!r} (redshift_col) is missing from the training table")
     if not lab_mask.all():
@@ -93,31 +93,36 @@ def fit(
         lab_mask = np.concatenate([lab_mask, np.zeros(len(up), bool)])
     if lab_mask.sum() == 0:
         raise ValueError(f"no labelled galaxies: column {redshift_col!r} has no finite value > 0")
+    outside = lab_mask & ((z < tc.zmin) | (z > tc.zmax))
+    if outside.any():
+        log.warning("%d labelled redshifts lie outside [zmin, zmax] = [%g, %g]: the calibration and the grids "
+                    "recorded in the model do not cover them", int(outside.sum()), tc.zmin, tc.zmax)
     log.info("training on %d labelled and %d unlabelled galaxies", lab_mask.sum(), (~lab_mask).sum())
     scaler = fit_scaler(phot, spec)
     data = _training_arrays(phot, z, lab_mask)
     model, report = train_sdgm(data, affine_map(spec, scaler), mc, tc)
+    validation_index = np.asarray(report.pop("validation_index"))
     model_dict = model_to_dict(model, spec, scaler, tc, report)
     if tc.calibrate:
-        model_dict["calibration"] = _calibrate(model_dict, phot, data, tc)
+        val = validation_index[data.labelled[validation_index]]
+        model_dict["calibration"] = _calibrate(model_dict, phot.subset(val), data.z[val], tc)
     return model_dict
 
 
-def _calibrate(model_dict: dict, phot: Photometry, data: TrainingArrays, tc: TrainConfig) -> dict:
-    """Temperature of the amortised PDFs fitted on the labelled validation galaxies."""
-    from .amortized import q_z_given_x_on_grid
+def _calibrate(model_dict: dict, phot: Photometry, ztrue: np.ndarray, tc: TrainConfig) -> dict:
+    """Temperature of the amortised PDFs fitted on labelled validation galaxies (``phot``,
+    ``ztrue``), on the model's redshift range ``[zmin, zmax]``."""
+    from .amortised import q_z_given_x_on_grid
     from .calibration import fit_temperature
     from .grid import redshift_grid
-    from .train import validation_split
 
-    _, val = validation_split(data, tc.validation_fraction, tc.seed)
-    val = val[data.labelled[val]]
-    # a fine grid: cell averages on a coarse one would widen narrow PDFs and bias T low
-    zgrid = redshift_grid(0.0, 1.5 * float(np.max(data.z[data.labelled])), 2001)
+    # a fine grid (<= 0.001 spacing): cell averages on a coarse one widen narrow PDFs and bias T low
+    n_fine = max(2001, tc.nzbins, int(np.ceil((tc.zmax - tc.zmin) / 1e-3)) + 1)
+    zgrid = redshift_grid(tc.zmin, tc.zmax, n_fine)
     pred = load_predictor(model_dict)
-    x = features(phot.subset(val), pred.spec, pred.scaler)
+    x = features(phot, pred.spec, pred.scaler)
     raw = q_z_given_x_on_grid(pred.model, x, zgrid, n_b=16, seed=tc.seed)
-    cal = fit_temperature(zgrid, normalise(zgrid, raw)[0], data.z[val])
+    cal = fit_temperature(zgrid, normalise(zgrid, raw)[0], ztrue)
     log.info("calibration on %d validation galaxies: T = %.3f, PIT KS %.4f -> %.4f",
              cal["n"], cal["temperature"], cal["ks_before"], cal["ks_after"])
     return cal
@@ -176,53 +181,15 @@ def estimate(
     predictor: Predictor,
     table: Mapping[str, Any],
     zgrid: np.ndarray,
-    n_b: int = 16,
+    mode: str = "amortised",
+    n_samples: int = 0,
+    n_log_px: int | None = None,
     seed: int = 0,
-    device: str = "cpu",
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Amortised PDFs of a table on ``zgrid``, with the model's calibration temperature
-    (:mod:`photovaez.calibration`) applied.
-
-    Returns
-    -------
-    pdfs
-        (N, len(zgrid)) densities normalised to unit integral.
-    ancil
-        ``zmode``, ``zmean``, ``zmedian`` and the input-quality columns of :func:`quality_ancil`
-        (``n_nondetect``, ``n_bad_error``, ``pdf_flag``).
-    """
-    from .amortized import q_z_given_x_on_grid
-
-    n = _n_rows(table)
-    if n == 0:
-        empty = np.zeros((0, len(zgrid)))
-        return empty, {k: np.zeros(0) for k in ("zmode", "zmean", "zmedian")} | {
-            "n_nondetect": np.zeros(0, np.int16), "n_bad_error": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
-    from .calibration import apply_temperature
-
-    x, phot = predictor.features(table)
-    raw = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_b, seed=seed, device=device)
-    pdfs, flag = apply_temperature(zgrid, raw, predictor.temperature)
-    ancil = point_estimates(zgrid, pdfs)
-    ancil.update(quality_ancil(phot, flag))
-    return pdfs, ancil
-
-
-def estimate_posterior(
-    predictor: Predictor,
-    table: Mapping[str, Any],
-    zgrid: np.ndarray,
-    mode: str = "grid",
-    n_importance: int | None = None,
-    seed: int = 0,
-    n_importance_px: int = 256,
     index_offset: int = 0,
+    device: str = "cpu",
     **settings: Any,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Model-posterior PDFs p(z|x) of a table on ``zgrid`` (SPEC "Photo-z estimation" 2).
-
-    The trained networks are exported to JAX (:mod:`photovaez.export`) and the importance-sampled
-    log p(x, z) of :mod:`photovaez.posterior` is used in one of three ways.
+    """PDFs of a table on ``zgrid`` with one of the modes of :mod:`photovaez.estimation`.
 
     Parameters
     ----------
@@ -233,72 +200,64 @@ def estimate_posterior(
     zgrid
         Redshift grid.
     mode
-        ``"grid"``: log p(x, z) on the grid, normalised exactly (:func:`photovaez.posterior.grid_posterior`).
-        ``"hmc"``: NUTS in log z, one chain per galaxy, KDE on the grid (:func:`~photovaez.posterior.hmc_posterior`).
-        ``"snis"``: self-normalised importance sampling of (z, a, b) from the encoder
-        (:func:`~photovaez.posterior.snis_posterior`).
-    n_importance
-        Importance samples per galaxy (default 256 for grid, 64 for hmc, 1024 for snis).
+        ``amortised`` (``amortized``; the calibrated q(z|x)), ``grid``, ``hmc`` or ``snis`` (the
+        model posterior p(z|x)); see :data:`photovaez.estimation.MODES`.
+    n_samples
+        b draws (amortised) or importance samples (grid, hmc, snis) per galaxy; 0 = the mode's
+        default.
+    n_log_px
+        IWAE samples of the marginal ``log p(x)`` written to ``ancil["log_px"]`` (0 = no such
+        column); ``None`` = the mode's default (none for amortised, 256 for grid and hmc; snis
+        always reports it from its own draws).
     seed
         Fixes every random draw.
-    n_importance_px
-        Samples of the IWAE log p(x) reported in ``ancil["log_px"]`` (snis reuses its own draws).
     index_offset
-        Catalogue index of the table's first row: every galaxy's random draws are keyed by its
+        Catalogue index of the table's first row: posterior-mode draws are keyed by the galaxy's
         catalogue index, so the result does not depend on how the catalogue is chunked.
+    device
+        Where the torch networks run (amortised q(z|x)).
     **settings
-        Passed on to the mode's function (e.g. ``support_tol``, ``max_rows``, ``num_warmup``,
-        ``num_samples``, ``max_tree_depth``, ``chunk_galaxies``).
+        The mode's own settings (e.g. ``support_tol`` for grid; ``num_warmup``, ``num_samples``,
+        ``max_tree_depth`` for hmc; ``max_rows``, ``chunk_galaxies``).
 
     Returns
     -------
     pdfs
         (N, len(zgrid)) densities normalised to unit integral.
     ancil
-        ``zmode``, ``zmean``, ``zmedian``, ``log_px``, ``kish_ess`` (of the log p(x) weights),
-        ``n_nondetect``, ``n_bad_error``, ``pdf_flag``; for ``grid`` also ``ess_at_mode`` (Kish ESS of the N weights
-        at the posterior mode); for ``hmc`` also ``divergences`` and ``ess``.
+        ``zmode``, ``zmean``, ``zmedian``, ``n_nondetect``, ``n_bad_error``, ``pdf_flag`` (see
+        :func:`quality_ancil`), the mode's own columns (grid: ``ess_at_mode``; hmc:
+        ``divergences``, ``ess``) and, where reported, ``log_px`` and ``kish_ess``.
     """
-    from . import posterior as post
+    from .estimation import COMMON_ANCIL, LOG_PX_ANCIL, resolve_mode
 
-    if mode not in ("grid", "hmc", "snis"):
-        raise ValueError(f"mode must be 'grid', 'hmc' or 'snis', got {mode!r}")
+    m = resolve_mode(mode)
     zgrid = np.asarray(zgrid, dtype=np.float64)
-    n = _n_rows(table)
-    extra = {"grid": ("ess_at_mode",), "hmc": ("divergences", "ess"), "snis": ()}[mode]
-    if n == 0:
-        keys = ("zmode", "zmean", "zmedian", "log_px", "kish_ess") + extra
-        return np.zeros((0, len(zgrid))), {k: np.zeros(0) for k in keys} | {
-            "n_nondetect": np.zeros(0, np.int16), "n_bad_error": np.zeros(0, np.int16), "pdf_flag": np.zeros(0, np.int8)}
-    n_imp = int(n_importance or {"grid": 256, "hmc": 64, "snis": 1024}[mode])
-    params = predictor.jax_params
+    n_log_px = m.default_n_log_px if n_log_px is None else int(n_log_px)
+    with_log_px = m.log_px_from_draws or n_log_px > 0
+    if _n_rows(table) == 0:
+        keys = COMMON_ANCIL + m.ancil + (LOG_PX_ANCIL if with_log_px else ())
+        dtypes = {"n_nondetect": np.int16, "n_bad_error": np.int16, "pdf_flag": np.int8}
+        return np.zeros((0, len(zgrid))), {k: np.zeros(0, dtypes.get(k, np.float64)) for k in keys}
     x, phot = predictor.features(table)
-    ancil: dict[str, np.ndarray] = {}
-    if mode == "grid":
-        r = post.grid_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, index_offset=index_offset, **settings)
-        raw, ancil["ess_at_mode"] = r.pdf, r.ess_at_mode
-    elif mode == "hmc":
-        r = post.hmc_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, index_offset=index_offset, **settings)
-        raw, ancil["divergences"], ancil["ess"] = r.pdf, r.divergences, r.ess
-    else:
-        r = post.snis_posterior(params, x, zgrid, n_importance=n_imp, seed=seed, index_offset=index_offset, **settings)
-        raw = r.pdf
-        ancil["log_px"], ancil["kish_ess"] = r.log_px, r.kish_ess
-    if mode != "snis":
-        lp = post.log_px(params, x, n_importance=n_importance_px, seed=seed, index_offset=index_offset)
+    r = m.run(predictor, x, zgrid, int(n_samples or m.default_n_samples), seed, index_offset, device, **settings)
+    pdfs, flag = normalise(zgrid, r.pdf)
+    ancil = point_estimates(zgrid, pdfs)
+    ancil.update(r.ancil)
+    if with_log_px and not m.log_px_from_draws:
+        from . import posterior as post
+
+        lp = post.log_px(predictor.jax_params, x, n_importance=n_log_px, seed=seed, index_offset=index_offset)
         ancil["log_px"], ancil["kish_ess"] = lp.log_px, lp.kish_ess
-    pdfs, flag = normalise(zgrid, raw)
-    flag = np.maximum(flag, np.asarray(r.flag, np.int8))
-    out = point_estimates(zgrid, pdfs)
-    out.update(ancil)
-    out.update(quality_ancil(phot, flag))
-    return pdfs, out
+    ancil.update(quality_ancil(phot, np.maximum(flag, np.asarray(r.flag, np.int8))))
+    return pdfs, ancil
 
 
 def log_px(predictor: Predictor, table: Mapping[str, Any], n_importance: int = 256, seed: int = 0,
            index_offset: int = 0) -> np.ndarray:
-    """IWAE estimate of log p(x) per galaxy (:func:`photovaez.posterior.log_px`): low values flag
-    photometry unlike the training data.  Draws are keyed by catalogue index (``index_offset``)."""
+    """IWAE estimate of the marginal log p(x) per galaxy (:func:`photovaez.posterior.log_px`): low
+    values flag photometry unlike the training data.  Draws are keyed by catalogue index
+    (``index_offset``)."""
     from . import posterior as post
 
     if _n_rows(table) == 0:
@@ -307,7 +266,7 @@ def log_px(predictor: Predictor, table: Mapping[str, Any], n_importance: int = 2
     return post.log_px(predictor.jax_params, x, n_importance=n_importance, seed=seed, index_offset=index_offset).log_px
 
 
-__all__ += ["estimate_posterior", "log_px"]
+__all__ += ["log_px", "quality_ancil"]
 
 
 def latents(
@@ -342,7 +301,7 @@ def latents(
         return {"a": np.zeros((0, cfg.dim_a)), "b": np.zeros((0, cfg.dim_b)), "z": np.zeros(0)}
     if z is None:
         zg = np.linspace(0.0, 3.0, 301) if zgrid is None else np.asarray(zgrid, np.float64)
-        z = estimate(predictor, table, zg, n_b=n_b, seed=seed)[1]["zmode"]
+        z = estimate(predictor, table, zg, n_samples=n_b, seed=seed)[1]["zmode"]
     z = np.asarray(z, np.float64).reshape(-1)
     if len(z) != n:
         raise ValueError(f"latents: {len(z)} redshifts for a table of {n} rows")
@@ -354,8 +313,7 @@ def latents(
         for s in range(0, n, batch_size):
             xb = torch.as_tensor(x[s : s + batch_size], dtype=torch.float32)
             zb = torch.as_tensor(z[s : s + batch_size], dtype=torch.float32)
-            mu_b, _ = model.q_b_given_x_net(xb)
-            mu_a, _ = model.q_a_given_xbz_net(xb, mu_b, model.z_input(zb))
+            mu_a, mu_b = model.latent_means(xb, zb)
             a_out[s : s + batch_size] = mu_a.numpy()
             b_out[s : s + batch_size] = mu_b.numpy()
     return {"a": a_out, "b": b_out, "z": z}

@@ -12,28 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .grid import cdf_on_grid, normalise
+from .grid import normalise, normalise_log
+from .metrics import ks_uniform, pit_values
 
-__all__ = ["pit", "ks_uniform", "apply_temperature", "fit_temperature", "DEFAULT_TEMPERATURES"]
+__all__ = ["apply_temperature", "fit_temperature", "DEFAULT_TEMPERATURES"]
 
 DEFAULT_TEMPERATURES = np.round(np.geomspace(0.5, 4.0, 46), 4)
-
-
-def pit(zgrid: np.ndarray, pdfs: np.ndarray, ztrue: np.ndarray) -> np.ndarray:
-    """PIT values CDF_i(z_i) of normalised grid PDFs (linear interpolation of the trapezoid CDF)."""
-    cdf = cdf_on_grid(zgrid, pdfs)
-    j = np.clip(np.searchsorted(zgrid, ztrue) - 1, 0, len(zgrid) - 2)
-    rows = np.arange(len(ztrue))
-    t = np.clip((ztrue - zgrid[j]) / (zgrid[j + 1] - zgrid[j]), 0.0, 1.0)
-    return cdf[rows, j] + t * (cdf[rows, j + 1] - cdf[rows, j])
-
-
-def ks_uniform(u: np.ndarray) -> float:
-    """Kolmogorov-Smirnov distance between the sample ``u`` and U(0, 1)."""
-    from scipy.stats import kstest
-
-    u = np.clip(np.asarray(u, np.float64), 0.0, 1.0)
-    return float(kstest(u, "uniform").statistic) if len(u) else float("nan")
 
 
 def apply_temperature(zgrid: np.ndarray, pdfs: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +26,8 @@ def apply_temperature(zgrid: np.ndarray, pdfs: np.ndarray, temperature: float) -
         return normalise(zgrid, pdfs)
     with np.errstate(divide="ignore"):
         logp = np.log(np.maximum(pdfs, 0.0)) / temperature
-    mx = np.max(logp, axis=1, keepdims=True)
-    return normalise(zgrid, np.exp(logp - np.where(np.isfinite(mx), mx, 0.0)))
+    pdf, flag, _ = normalise_log(zgrid, logp)
+    return pdf, flag
 
 
 def fit_temperature(
@@ -65,7 +49,7 @@ def fit_temperature(
     if n < min_galaxies:
         return {"temperature": 1.0, "n": n, "ks_before": float("nan"), "ks_after": float("nan")}
     base, _ = normalise(zgrid, pdfs)
-    ks = np.array([ks_uniform(pit(zgrid, apply_temperature(zgrid, base, t)[0], ztrue)) for t in temperatures])
+    ks = np.array([ks_uniform(pit_values(zgrid, apply_temperature(zgrid, base, t)[0], ztrue)) for t in temperatures])
     best = int(np.argmin(ks))
-    ks1 = ks_uniform(pit(zgrid, base, ztrue))
+    ks1 = ks_uniform(pit_values(zgrid, base, ztrue))
     return {"temperature": float(temperatures[best]), "n": n, "ks_before": ks1, "ks_after": float(ks[best])}

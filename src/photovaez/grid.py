@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["redshift_grid", "cell_edges", "normalise", "point_estimates", "cdf_on_grid"]
+__all__ = ["redshift_grid", "cell_edges", "normalise", "normalise_log", "point_estimates", "cdf_on_grid"]
 
 
 def redshift_grid(zmin: float, zmax: float, nzbins: int) -> np.ndarray:
@@ -41,6 +41,29 @@ def normalise(zgrid: np.ndarray, pdf: np.ndarray) -> tuple[np.ndarray, np.ndarra
     pdf = np.where(bad[:, None], 1.0, pdf)
     norm = np.trapezoid(pdf, zgrid, axis=1)
     return pdf / norm[:, None], bad.astype(np.int8)
+
+
+def normalise_log(zgrid: np.ndarray, log_pdf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalise densities given by their logarithm (up to a constant per row) on the grid.
+
+    The maximum of each row is subtracted before exponentiating, so any scale works.
+
+    Returns
+    -------
+    pdf, flag
+        As :func:`normalise` (``-inf`` everywhere or NaN gives a flat row and flag 1).
+    log_norm
+        (N,) log of the trapezoid integral of ``exp(log_pdf)`` (``-inf`` for flagged rows).
+    """
+    log_pdf = np.asarray(log_pdf, dtype=np.float64)
+    mx = np.max(log_pdf, axis=1, keepdims=True)
+    ok = np.isfinite(mx[:, 0])
+    rel = np.exp(log_pdf - np.where(ok[:, None], mx, 0.0))
+    norm = np.trapezoid(rel, zgrid, axis=1)
+    pdf, flag = normalise(zgrid, rel)
+    with np.errstate(divide="ignore"):
+        log_norm = np.where(ok & (norm > 0), mx[:, 0] + np.log(np.maximum(norm, 1e-300)), -np.inf)
+    return pdf, flag, log_norm
 
 
 def cdf_on_grid(zgrid: np.ndarray, pdf: np.ndarray) -> np.ndarray:

@@ -33,6 +33,8 @@ __all__ = [
     "to_ensemble",
     "ez",
     "pit_values",
+    "pit_ks",
+    "ks_uniform",
     "cde_loss",
     "pit_metrics",
     "point_metrics",
@@ -167,6 +169,19 @@ def _cde_from_ensemble(zgrid: np.ndarray, ens, ztrue: np.ndarray) -> float:
     return float(CDELossMetric(eval_grid=np.asarray(zgrid, np.float64)).evaluate(ens, ztrue))
 
 
+def pit_ks(pit: np.ndarray):
+    """Kolmogorov-Smirnov test of PIT values against U(0, 1) (``scipy.stats.kstest``; the
+    statistic qp's ``PIT.evaluate_PIT_KS`` reports).  Returns scipy's result (statistic, pvalue)."""
+    from scipy.stats import kstest
+
+    return kstest(np.clip(np.asarray(pit, np.float64).reshape(-1), 0.0, 1.0), "uniform")
+
+
+def ks_uniform(u: np.ndarray) -> float:
+    """KS distance between the sample ``u`` and U(0, 1) (:func:`pit_ks`); NaN for an empty sample."""
+    return float(pit_ks(u).statistic) if np.size(u) else float("nan")
+
+
 def pit_metrics(pit: np.ndarray) -> dict[str, float]:
     """KS, CvM and AD statistics of PIT values against U(0, 1), and the PIT outlier rate.
 
@@ -185,7 +200,7 @@ def pit_metrics(pit: np.ndarray) -> dict[str, float]:
     if len(pit) < len(grid):
         grid = np.linspace(0, 1, len(pit))
     obj._pit = PIT._produce_output_ensemble(np.quantile(pit, grid), grid)
-    ks = obj.evaluate_PIT_KS()
+    ks = pit_ks(pit)
     cvm = obj.evaluate_PIT_CvM()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy: "p-value capped" / attribute deprecations

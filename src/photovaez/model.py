@@ -17,72 +17,15 @@ linear output of D means plus one shared log-variance (or D log-variances with
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Mapping
-
 import torch
 from torch import nn
 from torch.distributions import Independent, LogNormal, Normal
 
+from .config import ModelConfig
+
 __all__ = ["ModelConfig", "GaussianMLP", "SDGM", "soft_clamp", "ACTIVATIONS"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
-
-
-@dataclass
-class ModelConfig:
-    """Sizes and options of the SDGM networks.
-
-    Parameters
-    ----------
-    dim_x
-        Number of input features D_x (set from the feature spec).
-    dim_a, dim_b
-        Latent and auxiliary dimensions A and B (SPEC: 10 each).
-    hidden
-        Hidden-layer widths of every network (SPEC: 512, 256, 128).
-    activation
-        Hidden-layer nonlinearity: ``silu`` (default; smooth, so log p(x, z) is smooth in z for
-        HMC), ``tanh``, ``relu`` or ``gelu``.
-    per_dim_variance
-        One log-variance per output dimension instead of one shared value.
-    logvar_min, logvar_max
-        Soft bounds of every network's log-variance (numerical safety).
-    x_logvar_min
-        Lower soft bound of the decoder p(x|a,b,z) log-variance (features are standardised).
-    """
-
-    dim_x: int = 11
-    dim_a: int = 10
-    dim_b: int = 10
-    hidden: list[int] = field(default_factory=lambda: [512, 256, 128])
-    activation: str = "silu"
-    per_dim_variance: bool = False
-    logvar_min: float = -9.0
-    logvar_max: float = 4.0
-    x_logvar_min: float = -7.0
-
-    def __post_init__(self) -> None:
-        self.hidden = [int(h) for h in self.hidden]
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"ModelConfig.activation: {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
-        for name in ("dim_x", "dim_a", "dim_b"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.logvar_min < self.logvar_max or not self.x_logvar_min < self.logvar_max:
-            raise ValueError("ModelConfig: logvar_min and x_logvar_min must be below logvar_max")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(d))
 
 
 def soft_clamp(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -188,6 +131,7 @@ class SDGM(nn.Module):
         return _normal(*self.q_b_given_x_net(x))
 
     def q_z_given_bx(self, b: torch.Tensor, x: torch.Tensor) -> LogNormal:
+        # the network's input is [x, b]: the order of the stored weights
         mu, logvar = self.q_z_given_bx_net(x, b)
         return LogNormal(mu[..., 0], torch.exp(0.5 * logvar[..., 0]))
 
@@ -199,3 +143,15 @@ class SDGM(nn.Module):
 
     def p_x_given_abz(self, a: torch.Tensor, b: torch.Tensor, z: torch.Tensor) -> Independent:
         return _normal(*self.p_x_given_abz_net(a, b, self.z_input(z)))
+
+    # -- reparameterised draws and embeddings ----------------------------------------------
+    def b_samples(self, x: torch.Tensor, eps_b: torch.Tensor) -> torch.Tensor:
+        """``b_k = mu_b(x) + sigma_b(x) eps_b[k]``: (K, N, B) from x (N, D_x) and noise (K, B)."""
+        mu_b, logvar_b = self.q_b_given_x_net(x)
+        return mu_b[None] + torch.exp(0.5 * logvar_b)[None] * eps_b[:, None, :]
+
+    def latent_means(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding of x: the mean of q(b|x), and the mean of q(a|x, b, z) at that b."""
+        mu_b, _ = self.q_b_given_x_net(x)
+        mu_a, _ = self.q_a_given_xbz_net(x, mu_b, self.z_input(z))
+        return mu_a, mu_b

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp, ndtr
+from jax.scipy.special import logsumexp
 
 from .export import (
     log_normal_diag,
@@ -52,7 +52,10 @@ from .export import (
     q_b_given_x,
     q_z_given_bx,
 )
-from .grid import cell_edges, normalise
+from scipy.special import logsumexp as scipy_logsumexp
+
+from .grid import cdf_on_grid, normalise, normalise_log
+from .mixture import kde_on_grid
 
 __all__ = [
     "galaxy_noise",
@@ -60,13 +63,11 @@ __all__ = [
     "log_weights",
     "log_joint",
     "kish_ess",
-    "amortised_on_grid",
     "support_mask",
     "GridPosterior",
     "grid_posterior",
     "HMCPosterior",
     "hmc_posterior",
-    "kde_on_grid",
     "LogPx",
     "log_px",
     "SNISPosterior",
@@ -96,12 +97,17 @@ def galaxy_noise(key: jax.Array, index: jnp.ndarray, n: int, dim_b: int, dim_a: 
     return jax.random.normal(kb, (n, dim_b)), jax.random.normal(ka, (n, dim_a))
 
 
+def _log_normal_at_draw(logvar: jnp.ndarray, eps: jnp.ndarray) -> jnp.ndarray:
+    """log N(mu + sigma eps; mu, sigma^2) summed over the last axis: the density of a draw
+    ``mu + exp(logvar / 2) eps`` under its own diagonal Gaussian."""
+    return -0.5 * jnp.sum(_LOG_2PI + logvar + eps**2, axis=-1)
+
+
 def b_samples(params: Params, x: jnp.ndarray, eps_b: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``b_k = mu_b(x) + sigma_b(x) eps_b[k]`` and ``log q(b_k | x)``: (N, B) and (N,)."""
     mu, logvar = q_b_given_x(params, x)
     b = mu + jnp.exp(0.5 * logvar) * eps_b
-    log_qb = -0.5 * jnp.sum(_LOG_2PI + logvar + eps_b**2, axis=-1)
-    return b, log_qb
+    return b, _log_normal_at_draw(logvar, eps_b)
 
 
 def _log_weights_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray,
@@ -112,10 +118,10 @@ def _log_weights_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb:
     xn = jnp.broadcast_to(x, (n, x.shape[-1]))
     mu_a, logvar_a = q_a_given_xbz(params, xn, b, zn)
     a = mu_a + jnp.exp(0.5 * logvar_a) * eps_a
-    log_qa = -0.5 * jnp.sum(_LOG_2PI + logvar_a + eps_a**2, axis=-1)
+    log_qa = _log_normal_at_draw(logvar_a, eps_a)
     log_pb = log_normal_diag(b, *p_b_given_az(params, a, zn))
-    log_px_ = log_normal_diag(xn, *p_x_given_abz(params, a, b, zn))
-    return log_px_ + log_pb + log_p_a(a) - log_qa - log_qb
+    log_p_x_given_abz = log_normal_diag(xn, *p_x_given_abz(params, a, b, zn))
+    return log_p_x_given_abz + log_pb + log_p_a(a) - log_qa - log_qb
 
 
 def log_weights(params: Params, x: jnp.ndarray, z: jnp.ndarray, eps_b: jnp.ndarray, eps_a: jnp.ndarray
@@ -198,56 +204,20 @@ def _pairs(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray, 
 
 
 # --------------------------------------------------------------------------------------------
-# Amortised q(z|x) in JAX (for the support of the grid posterior and the HMC start)
+# Where the grid posterior is evaluated, and where HMC starts
 # --------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("n_b",))
-def _amortised_chunk(params: Params, key: jax.Array, x: jnp.ndarray, log_edges: jnp.ndarray, n_b: int):
-    eps = jax.random.normal(key, (n_b, params["static"].dim_b), dtype=x.dtype)
-
-    def one(xi):
-        b, _ = b_samples(params, xi, eps)
-        mu, logvar = q_z_given_bx(params, b, jnp.broadcast_to(xi, (n_b, xi.shape[-1])))
-        cdf = ndtr((log_edges[None, :] - mu) * jnp.exp(-0.5 * logvar))  # (n_b, nz + 1)
-        mu0, lv0 = q_z_given_bx(params, q_b_given_x(params, xi)[0], xi)  # at b = mu_b(x)
-        return (cdf[:, 1:] - cdf[:, :-1]).mean(0), mu0[0], jnp.exp(0.5 * lv0[0])
-
-    return jax.vmap(one)(x)
-
-
-def amortised_on_grid(params: Params, x: np.ndarray, zgrid: np.ndarray, n_b: int = 16, seed: int = 0,
-                      chunk_galaxies: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The amortised q(z|x) on the grid (cell averages) and the log-normal q(z | b = mu_b(x), x).
-
-    Returns
-    -------
-    pdf
-        (G, nz) densities (cell masses / cell widths), not renormalised.
-    mu_u, sigma_u
-        (G,) mean and width of ``log z`` under q(z | b = mu_b(x), x): the HMC start and scale.
-    """
-    x = _as_x(x, params)
-    edges = cell_edges(np.asarray(zgrid, dtype=np.float64))
-    with np.errstate(divide="ignore"):
-        log_edges = jnp.asarray(np.log(edges), dtype=_dtype(params))
-    widths = np.diff(edges)
-    key = jax.random.PRNGKey(seed)
-    pdf = np.empty((len(x), len(zgrid)))
-    mu = np.empty(len(x))
-    sig = np.empty(len(x))
-    for s, idx, real in _chunks(len(x), chunk_galaxies):
-        m, mu_c, sig_c = _amortised_chunk(params, key, jnp.asarray(x[idx], _dtype(params)), log_edges, n_b)
-        pdf[s : s + real] = np.asarray(m, np.float64)[:real] / widths
-        mu[s : s + real] = np.asarray(mu_c)[:real]
-        sig[s : s + real] = np.asarray(sig_c)[:real]
-    return pdf, mu, sig
+@jax.jit
+def _q_z_at_mean_b(params: Params, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean and width of log z under q(z | b = mu_b(x), x) for galaxies x (G, D_x): (G,), (G,)."""
+    mu_b, _ = q_b_given_x(params, x)
+    mu, logvar = q_z_given_bx(params, mu_b, x)
+    return mu[:, 0], jnp.exp(0.5 * logvar[:, 0])
 
 
 def support_mask(zgrid: np.ndarray, pdf: np.ndarray, tol: float = 1e-4, margin: float = 0.5,
                  margin_abs: float = 0.05) -> np.ndarray:
     """Grid points where a PDF has mass: the central ``1 - tol`` interval of its CDF, in log z,
     widened on each side by ``margin`` times its width plus ``margin_abs``.  (G, nz) booleans."""
-    from .grid import cdf_on_grid
-
     zgrid = np.asarray(zgrid, dtype=np.float64)
     p, _ = normalise(zgrid, pdf)
     cdf = cdf_on_grid(zgrid, p)
@@ -304,9 +274,7 @@ def grid_posterior(
     zgrid: np.ndarray,
     n_importance: int = 256,
     seed: int = 0,
-    support_tol: float | None = None,
-    support_margin: float = 0.5,
-    n_b_amortised: int = 32,
+    support: np.ndarray | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     chunk_galaxies: int = 256,
     index_offset: int = 0,
@@ -325,12 +293,11 @@ def grid_posterior(
         N, the number of (a, b) importance samples per galaxy (held fixed across z).
     seed
         Fixes the noise (galaxy i uses ``fold_in(PRNGKey(seed), i)``).
-    support_tol
-        ``None``: evaluate every grid point.  A number: evaluate only where the amortised q(z|x)
-        has mass -- its central ``1 - support_tol`` interval in log z widened by ``support_margin``
-        times its width (plus 0.05) on each side (:func:`support_mask`); elsewhere the density is
-        set to 0.  This saves work in proportion to the grid fraction skipped, but posterior
-        mass far outside the amortised PDF (where the encoder is badly wrong) is lost.
+    support
+        ``None``: evaluate every grid point.  A (G, nz) boolean mask: evaluate only there, e.g.
+        where the amortised q(z|x) has mass (:func:`support_mask`); elsewhere the density is set
+        to 0.  This saves work in proportion to the grid fraction skipped, but posterior mass far
+        outside the mask (where the encoder is badly wrong) is lost.
     max_rows
         Cap on galaxies x redshifts x samples per compiled call (memory bound).
     chunk_galaxies
@@ -344,9 +311,8 @@ def grid_posterior(
     G, nz = len(x), len(zgrid)
     dt = _dtype(params)
     mask = np.broadcast_to(zgrid > 0, (G, nz)).copy()
-    if support_tol is not None:
-        amort, _, _ = amortised_on_grid(params, x, zgrid, n_b=n_b_amortised, seed=seed)
-        mask &= support_mask(zgrid, amort, support_tol, support_margin)
+    if support is not None:
+        mask &= np.asarray(support, bool)
     L = np.full((G, nz), -np.inf)
     K = np.full((G, nz), np.nan)
     n_pairs = max(1, int(max_rows) // int(n_importance))
@@ -368,72 +334,10 @@ def grid_posterior(
             lj, ess = _pairs(params, xc, b, log_qb, eps_a, jnp.asarray(g_blk), zj[z_blk])
             L[s + g_blk[:m], z_blk[:m]] = np.asarray(lj, np.float64)[:m]
             K[s + g_blk[:m], z_blk[:m]] = np.asarray(ess, np.float64)[:m]
-    L = np.where(np.isfinite(L) | (L == -np.inf), L, -np.inf)  # NaN -> no mass
-    mx = np.max(L, axis=1, keepdims=True)
-    ok = np.isfinite(mx[:, 0])
-    rel = np.exp(L - np.where(ok[:, None], mx, 0.0))
-    norm = np.trapezoid(rel, zgrid, axis=1)
-    pdf, flag = normalise(zgrid, rel)
-    with np.errstate(divide="ignore"):
-        log_px_grid = np.where(ok & (norm > 0), mx[:, 0] + np.log(np.maximum(norm, 1e-300)), -np.inf)
+    L = np.where(np.isnan(L), -np.inf, L)  # NaN -> no mass
+    pdf, flag, log_px_grid = normalise_log(zgrid, L)
     k = np.argmax(L, axis=1)
     return GridPosterior(pdf, L, K, K[np.arange(G), k], log_px_grid, mask.sum(1), flag)
-
-
-# --------------------------------------------------------------------------------------------
-# KDE on the grid
-# --------------------------------------------------------------------------------------------
-@jax.jit
-def _kde_chunk(u: jnp.ndarray, w: jnp.ndarray, h: jnp.ndarray, log_edges: jnp.ndarray) -> jnp.ndarray:
-    cdf = ndtr((log_edges[None, None, :] - u[..., None]) / h[:, None, None])  # (g, S, nz + 1)
-    return jnp.einsum("gs,gsk->gk", w, cdf[..., 1:] - cdf[..., :-1])
-
-
-def kde_on_grid(u: np.ndarray, zgrid: np.ndarray, weights: np.ndarray | None = None,
-                bandwidth: np.ndarray | float | None = None, min_bandwidth: float = 1e-3,
-                chunk_galaxies: int = 64) -> np.ndarray:
-    """Gaussian KDE of samples of ``u = log z``, as cell averages of the density in z on the grid.
-
-    Each sample contributes the mass of N(u_i, h^2) between the log cell edges; the density at a
-    grid point is its cell's mass divided by the cell width (:func:`photovaez.grid.cell_edges`).
-    The bandwidth is Silverman's rule ``0.9 min(sd, IQR/1.34) n^(-1/5)`` in log z with
-    ``n`` the Kish ESS of the weights (the number of samples when unweighted), at least
-    ``min_bandwidth``.
-
-    Parameters
-    ----------
-    u
-        (G, S) samples of log z.
-    weights
-        Optional (G, S) non-negative weights (normalised here).
-    bandwidth
-        Optional fixed bandwidth(s) in log z (scalar or (G,)).
-    """
-    u = np.asarray(u, dtype=np.float64)
-    G, S = u.shape
-    w = np.full((G, S), 1.0 / S) if weights is None else np.asarray(weights, np.float64)
-    w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
-    if bandwidth is None:
-        mean = (w * u).sum(1)
-        sd = np.sqrt(np.maximum((w * (u - mean[:, None]) ** 2).sum(1), 0.0))
-        order = np.argsort(u, axis=1)
-        us, cw = np.take_along_axis(u, order, 1), np.cumsum(np.take_along_axis(w, order, 1), 1)
-        q = lambda p: us[np.arange(G), np.clip((cw < p).sum(1), 0, S - 1)]
-        iqr = q(0.75) - q(0.25)
-        spread = np.where(iqr > 0, np.minimum(sd, iqr / 1.34), sd)
-        n_eff = 1.0 / np.maximum((w**2).sum(1), 1e-300)
-        h = 0.9 * spread * n_eff ** (-0.2)
-    else:
-        h = np.broadcast_to(np.asarray(bandwidth, np.float64), (G,))
-    h = np.maximum(h, min_bandwidth)
-    edges = cell_edges(np.asarray(zgrid, np.float64))
-    with np.errstate(divide="ignore"):
-        log_edges = jnp.asarray(np.log(edges))
-    out = np.empty((G, len(zgrid)))
-    for s, idx, real in _chunks(G, max(1, min(chunk_galaxies, G))):
-        m = _kde_chunk(jnp.asarray(u[idx]), jnp.asarray(w[idx]), jnp.asarray(h[idx]), log_edges)
-        out[s : s + real] = np.asarray(m, np.float64)[:real]
-    return out / np.diff(edges)[None, :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,7 +447,7 @@ def hmc_posterior(
     x = _as_x(x, params)
     G = len(x)
     dt = _dtype(params)
-    _, mu_u, sig_u = amortised_on_grid(params, x, zgrid, n_b=1, seed=seed)
+    mu_u, sig_u = (np.asarray(v, np.float64) for v in _q_z_at_mean_b(params, jnp.asarray(x, dt)))
     cg = max(1, min(int(chunk_galaxies), G, int(max_rows) // int(n_importance)))
     key = jax.random.PRNGKey(seed)
     chain_key = jax.random.fold_in(key, 2**31 - 1)
@@ -585,10 +489,10 @@ def _joint_proposal(params: Params, x: jnp.ndarray, key: jax.Array, n: int) -> t
     mu_z, lv_z = q_z_given_bx(params, b, xn)
     u = mu_z[:, 0] + jnp.exp(0.5 * lv_z[:, 0]) * eps_z
     z = jnp.exp(u)
-    log_qz = -0.5 * (_LOG_2PI + lv_z[:, 0] + eps_z**2) - u
+    log_qz = _log_normal_at_draw(lv_z, eps_z[:, None]) - u  # log-normal: the 1/z Jacobian
     mu_a, lv_a = q_a_given_xbz(params, xn, b, z)
     a = mu_a + jnp.exp(0.5 * lv_a) * eps_a
-    log_qa = -0.5 * jnp.sum(_LOG_2PI + lv_a + eps_a**2, axis=-1)
+    log_qa = _log_normal_at_draw(lv_a, eps_a)
     lw = (log_normal_diag(xn, *p_x_given_abz(params, a, b, z)) + log_normal_diag(b, *p_b_given_az(params, a, z))
           + log_p_a(a) + log_p_z(params, z) - log_qa - log_qz - log_qb)
     return u, lw
@@ -614,13 +518,9 @@ def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, k
         u, lw = _proposal_chunk(params, key, jnp.asarray(idx + index_offset), jnp.asarray(x[idx], dt), int(n))
         lw64 = np.asarray(lw, np.float64)[:real]
         lw64 = np.where(np.isnan(lw64), -np.inf, lw64)
-        mx = np.max(lw64, axis=1, keepdims=True)
-        okm = np.where(np.isfinite(mx), mx, 0.0)
-        s1 = np.exp(lw64 - okm).sum(1)
-        s2 = np.exp(2 * (lw64 - okm)).sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            lpx[s : s + real] = okm[:, 0] + np.log(s1) - math.log(n)
-            ess[s : s + real] = np.where(s2 > 0, s1**2 / s2, 0.0)
+            lpx[s : s + real] = scipy_logsumexp(lw64, axis=1) - math.log(n)
+            ess[s : s + real] = np.nan_to_num(np.asarray(kish_ess(jnp.asarray(lw64), axis=1), np.float64))
         if keep_samples:
             us[s : s + real] = np.asarray(u, np.float64)[:real]
             lws[s : s + real] = lw64
@@ -673,7 +573,7 @@ def snis_posterior(params: Params, x: np.ndarray, zgrid: np.ndarray, n_importanc
     """
     lpx, ess, u, lw = _proposal(params, x, n_importance, seed, max_rows, keep_samples=True,
                                 index_offset=index_offset)
-    mx = np.max(lw, axis=1, keepdims=True)
-    w = np.exp(lw - np.where(np.isfinite(mx), mx, 0.0))
+    with np.errstate(invalid="ignore"):
+        w = np.nan_to_num(np.exp(lw - scipy_logsumexp(lw, axis=1, keepdims=True)))
     pdf, flag = normalise(np.asarray(zgrid, np.float64), kde_on_grid(u, zgrid, weights=w, bandwidth=bandwidth))
     return SNISPosterior(pdf, lpx, ess, flag)

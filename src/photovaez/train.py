@@ -23,104 +23,13 @@ import numpy as np
 import torch
 
 from .loss import alpha_weight, batch_loss
-from .model import SDGM, ModelConfig
+from .config import ModelConfig, TrainConfig
+from .model import SDGM
 
 __all__ = ["TrainConfig", "TrainingArrays", "GradientSkipper", "resample_values", "resolve_device", "train_sdgm",
            "validation_split", "checkpoint_key", "save_checkpoint", "load_checkpoint"]
 
 log = logging.getLogger("photovaez")
-
-
-@dataclass
-class TrainConfig:
-    """Training settings.
-
-    Parameters
-    ----------
-    epochs
-        Maximum number of passes over the training set.
-    batch_size
-        Galaxies per mini-batch (labelled and unlabelled mixed at random).
-    learning_rate
-        Peak Adam learning rate (after warm-up).
-    lr_warmup_epochs
-        Linear warm-up length; then a cosine decay to ``learning_rate * lr_final_fraction``.
-    n_mc_train
-        Monte-Carlo samples per galaxy in the training loss.
-    resample
-        Resample magnitudes from their errors each time a galaxy is drawn.
-    resample_scale
-        Width of the resampling in units of the catalogue error (1.0 = N(m, sigma^2)).
-    grad_skip_threshold
-        Skip an update whose global gradient norm exceeds this.  ``None`` or <= 0: adaptive,
-        ``grad_skip_factor`` x the running median norm (after ``grad_skip_warmup`` steps).
-        Non-finite losses and gradients are always skipped.
-    validation_fraction
-        Fraction of labelled and of unlabelled galaxies held out for early stopping.
-    patience
-        Epochs without a better validation loss before stopping; the best weights are restored.
-    seed
-        Seeds every random number (weights, batches, resampling, split).
-    device
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:k"``.
-    progress
-        Show a tqdm progress bar.
-    calibrate
-        After training, fit a temperature for the amortised PDFs on the validation galaxies with
-        redshifts (:mod:`photovaez.calibration`); it is stored in the model and applied when
-        estimating.
-    checkpoint_path
-        If set, the complete training state (weights, optimiser, schedule, random-number states,
-        early-stopping and gradient-skipping state) is written there atomically every
-        ``checkpoint_every`` epochs.  If the file exists when training starts, training resumes
-        from it and ends with the same model as an uninterrupted run (on the CPU, same seed).  The
-        file is removed when training completes.
-    checkpoint_every
-        Epochs between checkpoints.
-    """
-
-    epochs: int = 300
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    lr_warmup_epochs: int = 5
-    lr_final_fraction: float = 0.01
-    weight_decay: float = 0.0
-    n_mc_train: int = 1
-    resample: bool = True
-    resample_scale: float = 0.5
-    grad_skip_threshold: float | None = None
-    grad_skip_factor: float = 50.0
-    grad_skip_warmup: int = 100
-    validation_fraction: float = 0.1
-    patience: int = 40
-    min_epochs: int = 20
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    calibrate: bool = True
-    checkpoint_path: str = ""
-    checkpoint_every: int = 1
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.n_mc_train < 1:
-            raise ValueError("TrainConfig: epochs, batch_size and n_mc_train must be >= 1")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(d))
 
 
 @dataclass
@@ -480,6 +389,7 @@ def train_sdgm(
         "n_labelled": n_s,
         "n_unlabelled": n_p,
         "n_validation": int(len(va)),
+        "validation_index": val_idx,
         "alpha": alpha,
         "device": str(device),
         "wall_time_s": time.perf_counter() - t0,

@@ -46,6 +46,8 @@ from rail.core.enums import DistributionType
 from rail.estimation.estimator import CatEstimator
 from rail.estimation.informer import CatInformer
 
+from photovaez.config import EstimateConfig, ModelConfig, TrainConfig, options
+
 __all__ = ["PhotoVAEzModelHandle", "PhotoVAEzInformer", "PhotoVAEzEstimator"]
 
 
@@ -92,8 +94,6 @@ _FRAMEWORK_KEYS = frozenset(
      "trace", "resume", "log_dir", "output_dir", "threads_per_process", "nprocess"}
 )
 
-
-_POSTERIOR_MODES = ("amortized", "grid", "hmc", "snis")
 
 # rail.utils.interactive.base_utils.GLOBAL_INTERACTIVE_PARAMETERS (rail_base 2.0.11)
 _INTERACTIVE_KEYS = frozenset({"output_mode", "force_exact"})
@@ -160,6 +160,18 @@ class _PhotoVAEzStageMixin:
         if handle.path in (None, "None", "none", ""):
             return None
         return handle.read()
+
+
+def _params_from(config_cls: type, defaults: dict | None = None) -> dict[str, Param]:
+    """One stage option per user-facing field of a core configuration dataclass
+    (:func:`photovaez.config.options`): its type, default (or ``defaults[name]``) and help."""
+    defaults = defaults or {}
+    return {o.name: Param(o.type, defaults.get(o.name, o.default), msg=o.help) for o in options(config_cls)}
+
+
+def _config_from(config_cls: type, config: Any) -> Any:
+    """The core configuration dataclass filled from a stage's config (its fields by name)."""
+    return config_cls.from_dict({o.name: config[o.name] for o in options(config_cls)})
 
 
 def _n_rows(table: Any) -> int:
@@ -259,50 +271,21 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         only_ref_mag=Param(bool, False, msg="use only the ref_band magnitude (plus colours) instead of every "
                            "band's magnitude"),
         nondetect_err=Param(float, 1.0, msg="magnitude error given to a non-detection placed at its limit"),
-        dim_a=Param(int, 10, msg="dimension A of the latent variable a"),
-        dim_b=Param(int, 10, msg="dimension B of the auxiliary variable b"),
-        hidden=Param(list, [512, 256, 128], msg="hidden-layer widths of every network"),
-        activation=Param(str, "silu", msg="hidden-layer nonlinearity: silu, tanh, relu or gelu"),
-        per_dim_variance=Param(bool, False, msg="one log-variance per output dimension instead of a shared one"),
-        epochs=Param(int, 300, msg="maximum number of training epochs"),
-        batch_size=Param(int, 512, msg="galaxies per mini-batch (labelled and unlabelled mixed)"),
-        learning_rate=Param(float, 1e-3, msg="peak Adam learning rate"),
-        lr_warmup_epochs=Param(int, 5, msg="linear learning-rate warm-up epochs, then cosine decay"),
-        lr_final_fraction=Param(float, 0.01, msg="final learning rate as a fraction of learning_rate"),
-        weight_decay=Param(float, 0.0, msg="Adam weight decay"),
-        n_mc_train=Param(int, 1, msg="Monte-Carlo samples per galaxy in the training loss"),
-        resample=Param(bool, True, msg="resample magnitudes from their errors each time a galaxy is drawn"),
-        resample_scale=Param(float, 0.5, msg="resampling width in units of the catalogue error"),
-        grad_skip_threshold=Param(float, 0.0, msg="skip updates whose gradient norm exceeds this; "
-                                  "0 = adaptive (grad_skip_factor x running median)"),
-        grad_skip_factor=Param(float, 50.0, msg="adaptive gradient-skip threshold factor"),
-        grad_skip_warmup=Param(int, 100, msg="steps before adaptive gradient skipping starts"),
-        validation_fraction=Param(float, 0.1, msg="fraction held out for early stopping"),
-        patience=Param(int, 40, msg="epochs without validation improvement before stopping"),
-        min_epochs=Param(int, 20, msg="epochs before early stopping may stop training"),
-        seed=Param(int, 0, msg="random seed (weights, batches, resampling, validation split)"),
-        device=Param(str, "auto", msg="auto (GPU when available), cpu, cuda or cuda:k"),
-        progress=Param(bool, False, msg="show a progress bar while training"),
-        calibrate=Param(bool, True, msg="fit a temperature for the amortised PDFs on the labelled validation "
-                        "galaxies (PIT made uniform); stored in the model and applied when estimating"),
-        checkpoint_path=Param(str, "", msg="file for the training state, written atomically every checkpoint_every "
-                              "epochs; if it exists, training resumes from it (same result as an uninterrupted "
-                              "run); removed when training completes; '' = no checkpoints"),
-        checkpoint_every=Param(int, 1, msg="epochs between training checkpoints"),
+        **_params_from(ModelConfig),
+        **_params_from(TrainConfig, defaults={"progress": False}),  # no progress bar in pipeline logs
     )
     inputs = [("input", TableHandle), ("unlabeled", TableHandle)]
     outputs = [("model", PhotoVAEzModelHandle)]
-
-    _MODEL_KEYS = ("dim_a", "dim_b", "hidden", "activation", "per_dim_variance")
-    _TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "lr_warmup_epochs", "lr_final_fraction",
-                   "weight_decay", "n_mc_train", "resample", "resample_scale", "grad_skip_threshold",
-                   "grad_skip_factor", "grad_skip_warmup", "validation_fraction", "patience", "min_epochs",
-                   "seed", "device", "progress", "calibrate", "checkpoint_path", "checkpoint_every")
 
     def __init__(self, args: Any, **kwargs: Any) -> None:
         super().__init__(args, **kwargs)
         self._check_config_keys()
         self.feature_spec = feature_spec_from_config(self.config, self.name)
+        try:  # checked now, not after reading the data
+            self.model_config = _config_from(ModelConfig, self.config)
+            self.train_config = _config_from(TrainConfig, self.config)
+        except ValueError as exc:
+            raise _stage_error(self, exc) from exc
 
     def inform(self, training_data: TableLike, unlabeled_data: TableLike | None = None, **kwargs: Any) -> ModelHandle:
         """Train PhotoVAEz on labelled (and optionally unlabelled) photometry.
@@ -345,19 +328,14 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         unlabeled = self._optional_input("unlabeled")
         if unlabeled is not None:
             unlabeled = self._table(unlabeled)
-        cfg = self.config
-        model_config = {k: cfg[k] for k in self._MODEL_KEYS}
-        train_config = {k: cfg[k] for k in self._TRAIN_KEYS}
-        if not train_config["grad_skip_threshold"] or train_config["grad_skip_threshold"] <= 0:
-            train_config["grad_skip_threshold"] = None
         try:
             self.model = fit(
                 training,
                 unlabeled,
                 spec=self.feature_spec,
-                model_config=model_config,
-                train_config=train_config,
-                redshift_col=cfg.redshift_col,
+                model_config=self.model_config,
+                train_config=self.train_config,
+                redshift_col=self.config.redshift_col,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise _stage_error(self, exc) from exc
@@ -401,22 +379,7 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
     interactive_function = "photovaez_estimator"
     config_options = CatEstimator.config_options.copy()
     config_options.update(
-        posterior=Param(str, "amortized", msg="PDF estimator: amortized (q(z|x), a mixture of log-normals), "
-                        "grid (model posterior p(z|x) by importance sampling on the grid), hmc (NumPyro NUTS "
-                        "in log z on the same density) or snis (self-normalised importance sampling)"),
-        n_b_samples=Param(int, 16, msg="number of b samples in the amortised mixture q(z|x)"),
-        n_importance=Param(int, 0, msg="importance samples N per galaxy for grid/hmc/snis "
-                           "(0 = the mode's default: grid 256, hmc 64, snis 1024)"),
-        n_importance_px=Param(int, 0, msg="samples of the IWAE log p(x) written to the ancil as log_px; "
-                              "0 = 256 in the posterior modes and no log_px in amortized mode"),
-        support_tol=Param(float, 1e-4, msg="grid mode: evaluate p(x, z) only where the amortised q(z|x) holds "
-                          "all but this much mass (widened); 0 = every grid point"),
-        hmc_num_warmup=Param(int, 300, msg="hmc mode: warm-up (adaptation) steps per chain"),
-        hmc_num_samples=Param(int, 500, msg="hmc mode: samples per chain"),
-        hmc_max_tree_depth=Param(int, 6, msg="hmc mode: NUTS maximum tree depth"),
-        seed=Param(int, 0, msg="seed of every random draw (amortised b draws are shared by all galaxies; "
-                   "posterior-mode draws are keyed by the galaxy's row index)"),
-        device=Param(str, "auto", msg="auto (GPU when available), cpu, cuda or cuda:k"),
+        **_params_from(EstimateConfig),
     )
     inputs = [("model", PhotoVAEzModelHandle), ("input", TableHandle)]
     outputs = CatEstimator.outputs
@@ -424,21 +387,17 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
     def __init__(self, args: Any, **kwargs: Any) -> None:
         super().__init__(args, **kwargs)
         self._check_config_keys()
-        if self.config.posterior not in _POSTERIOR_MODES:
-            close = difflib.get_close_matches(str(self.config.posterior), _POSTERIOR_MODES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{self.name}: posterior={self.config.posterior!r} is not one of "
-                             f"{list(_POSTERIOR_MODES)}{hint}")
-        if self.config.n_importance < 0 or self.config.n_importance_px < 0:
-            raise ValueError(f"{self.name}: n_importance and n_importance_px must be >= 0")
-        if self.config.n_b_samples < 1:
-            raise ValueError(f"{self.name}: n_b_samples must be >= 1, got {self.config.n_b_samples}")
-        if not self.config.zmax > self.config.zmin or self.config.nzbins < 2:
-            raise ValueError(f"{self.name}: invalid redshift grid zmin={self.config.zmin}, "
-                             f"zmax={self.config.zmax}, nzbins={self.config.nzbins}")
+        from photovaez.estimation import resolve_mode
+        from photovaez.grid import redshift_grid
+
+        try:
+            self.estimate_config = _config_from(EstimateConfig, self.config)
+            self.mode = resolve_mode(self.estimate_config.posterior)
+            self.zgrid = redshift_grid(self.config.zmin, self.config.zmax, self.config.nzbins)
+        except ValueError as exc:
+            raise _stage_error(self, exc) from exc
         self._predictor: Any = None
         self._predictor_source: Any = None
-        self.zgrid = np.linspace(self.config.zmin, self.config.zmax, self.config.nzbins)
 
     @classmethod
     def default_distribution_type(cls) -> DistributionType:
@@ -509,26 +468,16 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
 
     def _process_chunk(self, start: int, end: int, data: Any, first: bool) -> None:
         import qp
-        from photovaez.api import estimate, estimate_posterior, log_px
+        from photovaez.api import estimate
+        from photovaez.estimation import mode_settings
 
         table = self._table(data)
-        cfg = self.config
+        cfg = self.estimate_config
+        n_samples = cfg.n_b_samples if self.mode.name == "amortised" else cfg.n_importance
         try:
-            if cfg.posterior == "amortized":
-                pdfs, ancil = estimate(self._predictor, table, self.zgrid, n_b=cfg.n_b_samples,
-                                       seed=cfg.seed, device=self._run_device)
-                if cfg.n_importance_px > 0:
-                    ancil["log_px"] = log_px(self._predictor, table, cfg.n_importance_px, cfg.seed, start)
-            else:
-                settings = {
-                    "grid": dict(support_tol=cfg.support_tol or None),
-                    "hmc": dict(num_warmup=cfg.hmc_num_warmup, num_samples=cfg.hmc_num_samples,
-                                max_tree_depth=cfg.hmc_max_tree_depth),
-                    "snis": {},
-                }[cfg.posterior]
-                pdfs, ancil = estimate_posterior(
-                    self._predictor, table, self.zgrid, mode=cfg.posterior, n_importance=cfg.n_importance or None,
-                    seed=cfg.seed, n_importance_px=cfg.n_importance_px or 256, index_offset=start, **settings)
+            pdfs, ancil = estimate(self._predictor, table, self.zgrid, mode=self.mode.name, n_samples=n_samples,
+                                   n_log_px=cfg.n_importance_px or None, seed=cfg.seed, index_offset=start,
+                                   device=self._run_device, **mode_settings(self.mode, cfg))
         except (KeyError, ValueError, TypeError) as exc:
             raise _stage_error(self, exc) from exc
         ens = qp.Ensemble(qp.interp, data=dict(xvals=self.zgrid, yvals=pdfs))

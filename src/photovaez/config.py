@@ -1,0 +1,215 @@
+"""Configuration of PhotoVAEz: every setting declared once, with its default and its meaning.
+
+Each configuration is a dataclass whose fields are made with :func:`option`, which keeps the
+help text with the field.  Everything else derives from these declarations: the RAIL stages'
+``config_options`` (``rail.estimation.algos.photovaez``), the command line's options (generated
+from the stages) and the option tables of ``docs/configuration.md``
+(``docs/make_config_doc.py``).  :func:`options` lists the fields a user sets.
+
+* :class:`ModelConfig`: sizes and options of the SDGM networks.
+* :class:`TrainConfig`: the training run (schedule, resampling, gradient skipping, early
+  stopping, calibration, checkpoints, the redshift range).
+* :class:`EstimateConfig`: how PDFs are estimated (amortised q(z|x) or a model-posterior mode
+  of :mod:`photovaez.estimation`).
+
+Nothing here imports torch or JAX, so the RAIL stages can declare their options cheaply.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
+
+__all__ = ["option", "Option", "options", "Config", "ModelConfig", "TrainConfig", "EstimateConfig", "ACTIVATIONS"]
+
+ACTIVATIONS = ("silu", "tanh", "relu", "gelu")
+
+
+def option(default: Any, help: str, *, internal: bool = False) -> Any:
+    """A dataclass field with its help text (``metadata["help"]``).
+
+    Parameters
+    ----------
+    default
+        The default value (lists and dicts are copied for every instance).
+    help
+        One-line meaning of the setting: the stage option's message and the docs' text.
+    internal
+        Set by the code, not by users (e.g. ``dim_x``, from the feature spec): not an option.
+    """
+    meta = {"help": help, "internal": internal}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class Option(NamedTuple):
+    """A user-facing setting: its name, base type (int, float, bool, str, list, dict), default and help."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+
+
+def _base_type(hint: Any) -> type:
+    origin = typing.get_origin(hint)
+    if origin in (list, dict):
+        return origin
+    if origin is not None:  # Optional / Union: the non-None member
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0])
+    return hint
+
+
+def options(cls: type) -> list[Option]:
+    """The user-facing settings of a configuration dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(Option(f.name, _base_type(hints[f.name]), default, f.metadata.get("help", "")))
+    return out
+
+
+class Config:
+    """``to_dict`` / ``from_dict`` for configuration dataclasses; unknown keys are errors."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (stored in the model file)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """Build from a dict; a key that is not a field raises ``ValueError`` naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**dict(d))
+
+
+@dataclass
+class ModelConfig(Config):
+    """Sizes and options of the SDGM networks (:class:`photovaez.model.SDGM`).
+
+    Each conditional is one Gaussian MLP with hidden layers ``hidden`` and a linear output of D
+    means plus one shared log-variance (or D with ``per_dim_variance``).
+    """
+
+    dim_x: int = option(11, "number of input features D_x (set from the feature spec)", internal=True)
+    dim_a: int = option(10, "dimension A of the latent variable a")
+    dim_b: int = option(10, "dimension B of the auxiliary variable b")
+    hidden: list[int] = option([512, 256, 128], "hidden-layer widths of every network")
+    activation: str = option("silu", "hidden-layer nonlinearity: silu (smooth, so log p(x, z) is smooth in z for "
+                             "HMC), tanh, relu or gelu")
+    per_dim_variance: bool = option(False, "one log-variance per output dimension instead of a shared one")
+    logvar_min: float = option(-9.0, "soft lower bound of every network's log-variance (numerical safety)")
+    logvar_max: float = option(4.0, "soft upper bound of every network's log-variance")
+    x_logvar_min: float = option(-7.0, "soft lower bound of the decoder p(x|a,b,z) log-variance (the features are "
+                                 "standardised)")
+
+    def __post_init__(self) -> None:
+        self.hidden = [int(h) for h in self.hidden]
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"ModelConfig.activation: {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        for name in ("dim_x", "dim_a", "dim_b"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.logvar_min < self.logvar_max or not self.x_logvar_min < self.logvar_max:
+            raise ValueError("ModelConfig: logvar_min and x_logvar_min must be below logvar_max")
+
+
+@dataclass
+class TrainConfig(Config):
+    """Settings of a training run (:func:`photovaez.train.train_sdgm`)."""
+
+    epochs: int = option(300, "maximum number of training epochs (passes over the training set)")
+    batch_size: int = option(512, "galaxies per mini-batch (labelled and unlabelled mixed at random)")
+    learning_rate: float = option(1e-3, "peak Adam learning rate (after the warm-up)")
+    lr_warmup_epochs: int = option(5, "linear learning-rate warm-up epochs, then a cosine decay")
+    lr_final_fraction: float = option(0.01, "final learning rate as a fraction of learning_rate")
+    weight_decay: float = option(0.0, "Adam weight decay")
+    n_mc_train: int = option(1, "Monte-Carlo samples per galaxy in the training loss")
+    resample: bool = option(True, "resample magnitudes from their errors each time a galaxy is drawn")
+    resample_scale: float = option(0.5, "resampling width in units of the catalogue error (1 = N(m, sigma^2))")
+    grad_skip_threshold: float = option(0.0, "skip updates whose global gradient norm exceeds this; <= 0 = adaptive "
+                                        "(grad_skip_factor x the running median norm); non-finite steps are "
+                                        "always skipped")
+    grad_skip_factor: float = option(50.0, "adaptive gradient-skip threshold, in units of the running median norm")
+    grad_skip_warmup: int = option(100, "steps before adaptive gradient skipping starts")
+    validation_fraction: float = option(0.1, "fraction of the labelled and of the unlabelled galaxies held out for "
+                                        "early stopping and calibration")
+    patience: int = option(40, "epochs without a better validation loss before stopping (the best weights are "
+                           "restored)")
+    min_epochs: int = option(20, "epochs before early stopping may stop training")
+    seed: int = option(0, "random seed (weights, batches, resampling, validation split)")
+    device: str = option("auto", "auto (GPU when available; under MPI rank % n_gpus), cpu, cuda or cuda:k")
+    progress: bool = option(True, "show a progress bar while training")
+    calibrate: bool = option(True, "fit a temperature for the amortised PDFs on the labelled validation galaxies "
+                             "(PIT made uniform on linspace(zmin, zmax)); stored in the model and applied when "
+                             "estimating")
+    zmin: float = option(0.0, "lower end of the redshift range the model is trained for (the calibration grid; "
+                         "recorded in the model)")
+    zmax: float = option(3.0, "upper end of the redshift range the model is trained for (the calibration grid; "
+                         "labelled redshifts above it are reported)")
+    nzbins: int = option(301, "points of the redshift grid linspace(zmin, zmax, nzbins) recorded in the model "
+                         "(the calibration uses a finer grid over the same range)")
+    checkpoint_path: str = option("", "file for the complete training state, written atomically every "
+                                  "checkpoint_every epochs; if it exists, training resumes from it and ends as an "
+                                  "uninterrupted run would (CPU, same seed); removed when training completes; "
+                                  "'' = no checkpoints")
+    checkpoint_every: int = option(1, "epochs between training checkpoints")
+
+    def __post_init__(self) -> None:
+        if self.grad_skip_threshold is None:  # model files before 0.2 stored None for "adaptive"
+            self.grad_skip_threshold = 0.0
+        if self.epochs < 1 or self.batch_size < 1 or self.n_mc_train < 1:
+            raise ValueError("TrainConfig: epochs, batch_size and n_mc_train must be >= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
+        if not self.zmax > self.zmin or self.nzbins < 2 or self.zmin < 0:
+            raise ValueError(f"TrainConfig: invalid redshift range zmin={self.zmin}, zmax={self.zmax}, "
+                             f"nzbins={self.nzbins} (need 0 <= zmin < zmax and nzbins >= 2)")
+
+
+@dataclass
+class EstimateConfig(Config):
+    """How PDFs are estimated (:func:`photovaez.api.estimate`, :mod:`photovaez.estimation`).
+
+    The number of samples of every mode is ``n_samples``; 0 takes the mode's default
+    (:data:`photovaez.estimation.MODES`).
+    """
+
+    posterior: str = option("amortized", "PDF estimator: amortized (q(z|x), a mixture of log-normals), grid (model "
+                            "posterior p(z|x) by importance sampling on the grid), hmc (NumPyro NUTS in log z on "
+                            "the same density) or snis (self-normalised importance sampling)")
+    n_b_samples: int = option(16, "amortized mode: b samples in the mixture q(z|x) = mean_k q(z|b_k, x)")
+    n_importance: int = option(0, "grid/hmc/snis: importance samples N per galaxy (0 = the mode's default: grid "
+                               "256, hmc 64, snis 1024)")
+    n_importance_px: int = option(0, "samples of the IWAE log p(x) written to the ancil as log_px (0 = the mode's "
+                                  "default: none in amortized mode, 256 in grid/hmc; snis reuses its own draws)")
+    support_tol: float = option(1e-4, "grid mode: evaluate p(x, z) only where the amortised q(z|x) holds all but "
+                                "this much mass (widened); 0 = every grid point")
+    hmc_num_warmup: int = option(300, "hmc mode: warm-up (adaptation) steps per chain")
+    hmc_num_samples: int = option(500, "hmc mode: samples per chain")
+    hmc_max_tree_depth: int = option(6, "hmc mode: NUTS maximum tree depth")
+    seed: int = option(0, "seed of every random draw (amortised b draws are shared by all galaxies; "
+                       "posterior-mode draws are keyed by the galaxy's row index)")
+    device: str = option("auto", "auto (GPU when available; under MPI rank % n_gpus), cpu, cuda or cuda:k")
+
+    def __post_init__(self) -> None:
+        for name in ("n_importance", "n_importance_px"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EstimateConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_b_samples < 1:
+            raise ValueError(f"EstimateConfig.n_b_samples must be >= 1, got {self.n_b_samples}")

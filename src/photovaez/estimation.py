@@ -1,0 +1,145 @@
+"""Estimation modes: one registry of the ways PhotoVAEz turns features into PDFs on a grid.
+
+Every mode is a :class:`Mode`: a function of ``(predictor, x, zgrid, n_samples, seed,
+index_offset, device, **settings)`` returning a :class:`ModeResult`, the default number of
+samples, the default number of IWAE samples of log p(x), the ancil columns it adds and the
+:class:`photovaez.config.EstimateConfig` fields it reads.  :func:`photovaez.api.estimate` is the
+one entry point; the RAIL estimator only maps its configuration onto it.
+
+========== ==================================================================== ============
+mode       PDF                                                                  n_samples
+========== ==================================================================== ============
+amortised  q(z|x), a mixture of log-normals q(z|b_k, x), b_k ~ q(b|x), with the  16 (b draws)
+           model's calibration temperature (:mod:`photovaez.amortised`)
+grid       p(z|x) from the importance-sampled log p(x, z) on the grid           256
+           (:func:`photovaez.posterior.grid_posterior`)
+hmc        NumPyro NUTS in log z on the same density, KDE on the grid           64
+snis       self-normalised importance sampling of (z, a, b) from the encoder    1024
+========== ==================================================================== ============
+
+``amortized`` (RAIL's spelling, the stage's value) names the amortised mode too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+
+__all__ = ["Mode", "ModeResult", "MODES", "COMMON_ANCIL", "resolve_mode", "mode_settings"]
+
+#: ancil columns of every mode (:func:`photovaez.grid.point_estimates`, :func:`photovaez.api.quality_ancil`)
+COMMON_ANCIL = ("zmode", "zmean", "zmedian", "n_nondetect", "n_bad_error", "pdf_flag")
+#: ancil columns of the IWAE log p(x) (:func:`photovaez.posterior.log_px`)
+LOG_PX_ANCIL = ("log_px", "kish_ess")
+
+
+class ModeResult(NamedTuple):
+    """What a mode function returns: densities on the grid (not necessarily normalised), its own
+    ancil columns, and a per-galaxy flag (1 where no finite PDF came out)."""
+
+    pdf: np.ndarray
+    ancil: dict[str, np.ndarray]
+    flag: np.ndarray
+
+
+class Mode(NamedTuple):
+    """An estimation mode.
+
+    Attributes
+    ----------
+    name
+        The mode's name.
+    run
+        ``run(predictor, x, zgrid, n_samples, seed, index_offset, device, **settings) -> ModeResult``.
+    default_n_samples
+        Samples used when ``n_samples`` is 0 (b draws for ``amortised``, importance samples else).
+    default_n_log_px
+        IWAE samples of the ``log_px`` ancil when not given (0: no ``log_px`` column).
+    ancil
+        Ancil columns the mode adds to :data:`COMMON_ANCIL` (besides ``log_px``, ``kish_ess``).
+    config_keys
+        ``{EstimateConfig field: keyword of run}`` for the mode's own settings.
+    log_px_from_draws
+        The mode's own draws give ``log_px`` and ``kish_ess`` (no separate IWAE pass).
+    """
+
+    name: str
+    run: Callable[..., ModeResult]
+    default_n_samples: int
+    default_n_log_px: int
+    ancil: tuple[str, ...] = ()
+    config_keys: Mapping[str, str] = {}
+    log_px_from_draws: bool = False
+
+
+def _amortised(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
+               device: str) -> ModeResult:
+    from .amortised import q_z_given_x_on_grid
+    from .calibration import apply_temperature
+
+    raw = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_samples, seed=seed, device=device)
+    pdf, flag = apply_temperature(zgrid, raw, predictor.temperature)
+    return ModeResult(pdf, {}, flag)
+
+
+def _grid(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
+          device: str, support_tol: float | None = None, n_b_support: int = 32, **settings: Any) -> ModeResult:
+    from . import posterior as post
+    from .amortised import q_z_given_x_on_grid
+
+    support = None
+    if support_tol:
+        amortised = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_b_support, seed=seed, device=device)
+        support = post.support_mask(zgrid, amortised, support_tol)
+    r = post.grid_posterior(predictor.jax_params, x, zgrid, n_importance=n_samples, seed=seed, support=support,
+                            index_offset=index_offset, **settings)
+    return ModeResult(r.pdf, {"ess_at_mode": r.ess_at_mode}, r.flag)
+
+
+def _hmc(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
+         device: str, **settings: Any) -> ModeResult:
+    from . import posterior as post
+
+    r = post.hmc_posterior(predictor.jax_params, x, zgrid, n_importance=n_samples, seed=seed,
+                           index_offset=index_offset, **settings)
+    return ModeResult(r.pdf, {"divergences": r.divergences, "ess": r.ess}, r.flag)
+
+
+def _snis(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
+          device: str, **settings: Any) -> ModeResult:
+    from . import posterior as post
+
+    r = post.snis_posterior(predictor.jax_params, x, zgrid, n_importance=n_samples, seed=seed,
+                            index_offset=index_offset, **settings)
+    return ModeResult(r.pdf, {"log_px": r.log_px, "kish_ess": r.kish_ess}, r.flag)
+
+
+MODES: dict[str, Mode] = {
+    "amortised": Mode("amortised", _amortised, default_n_samples=16, default_n_log_px=0),
+    "grid": Mode("grid", _grid, default_n_samples=256, default_n_log_px=256, ancil=("ess_at_mode",),
+                 config_keys={"support_tol": "support_tol"}),
+    "hmc": Mode("hmc", _hmc, default_n_samples=64, default_n_log_px=256, ancil=("divergences", "ess"),
+                config_keys={"hmc_num_warmup": "num_warmup", "hmc_num_samples": "num_samples",
+                             "hmc_max_tree_depth": "max_tree_depth"}),
+    "snis": Mode("snis", _snis, default_n_samples=1024, default_n_log_px=0, log_px_from_draws=True),
+}
+_ALIASES = {"amortized": "amortised"}
+
+
+def resolve_mode(name: str) -> Mode:
+    """The :class:`Mode` called ``name`` (``amortized`` = ``amortised``); a ValueError naming the
+    known modes (and the closest one) otherwise."""
+    key = _ALIASES.get(str(name), str(name))
+    if key not in MODES:
+        names = ["amortized", *[m for m in MODES if m != "amortised"]]
+        close = difflib.get_close_matches(str(name), names + list(MODES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"posterior={name!r} is not one of {names}{hint}")
+    return MODES[key]
+
+
+def mode_settings(mode: Mode, config: Any) -> dict[str, Any]:
+    """The keyword settings of ``mode`` taken from an :class:`~photovaez.config.EstimateConfig`."""
+    return {kw: getattr(config, field) for field, kw in mode.config_keys.items()}
