@@ -323,32 +323,59 @@ def rank_auroc(log_px_clean: np.ndarray, log_px_corrupted: np.ndarray) -> float:
     return float(u / (len(c) * len(k)))
 
 
+def _symlog(v: np.ndarray, scale: float) -> np.ndarray:
+    """``sign(v) log10(1 + |v| / scale)``: linear within ~``scale`` of 0, logarithmic beyond."""
+    return np.sign(v) * np.log10(1.0 + np.abs(v) / scale)
+
+
 def figure_outlier_scores(
-    log_px_clean: np.ndarray, log_px_corrupted: np.ndarray, bins: int = 50, title: str | None = None,
+    log_px_clean: np.ndarray, log_px_corrupted: np.ndarray, bins: int = 60, title: str | None = None,
     labels: tuple[str, str] = ("clean", "corrupted"),
 ) -> Figure:
-    """Histograms (density, common bins) of log p(x) of clean and of corrupted photometry, with
-    the rank AUROC of log p(x) as an outlier score (:func:`rank_auroc`) in the legend."""
+    """Histograms of log p(x) of clean and of corrupted photometry, with the rank AUROC of
+    log p(x) as an outlier score (:func:`rank_auroc`) in the legend.
+
+    Corrupted photometry reaches log p(x) of -1000 and below while clean galaxies lie within a few
+    tens of their median, so the axis is the distance below the clean median on a symmetric-log
+    scale (linear within the clean spread, logarithmic beyond) and each bar is the fraction of
+    its sample in the bin: both distributions, their shapes and their overlap are visible.
+    """
+    from matplotlib.ticker import FixedLocator
+
     c = np.asarray(log_px_clean, np.float64).reshape(-1)
     k = np.asarray(log_px_corrupted, np.float64).reshape(-1)
     auc = rank_auroc(c, k)
-    both = np.concatenate([c, k])
-    both = both[np.isfinite(both)]
-    lo, hi = (float(np.min(both)), float(np.max(both))) if len(both) else (0.0, 1.0)
+    cf, kf = c[np.isfinite(c)], k[np.isfinite(k)]
+    ref = float(np.median(cf)) if len(cf) else 0.0
+    q25, q75 = np.percentile(cf, [25, 75]) if len(cf) else (0.0, 1.0)
+    scale = max(float(q75 - q25), 1e-3)  # the clean sample's spread sets the linear part
+    tc, tk = _symlog(cf - ref, scale), _symlog(kf - ref, scale)
+    both = np.concatenate([tc, tk])
+    lo, hi = (float(both.min()), float(both.max())) if len(both) else (-1.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
-    fig = _new_figure((5.4, 4.0))
+    fig = _new_figure((5.6, 4.0))
     ax = fig.add_subplot(1, 1, 1)
-    ax.hist(c[np.isfinite(c)], bins=edges, density=True, histtype="stepfilled", alpha=0.5, color="C0",
-            label=f"{labels[0]} (N = {len(c)})")
-    ax.hist(k[np.isfinite(k)], bins=edges, density=True, histtype="stepfilled", alpha=0.5, color="C3",
-            label=f"{labels[1]} (N = {len(k)})")
+    for t, colour, label in ((tc, "C0", labels[0]), (tk, "C3", labels[1])):
+        ax.hist(t, bins=edges, weights=np.full(len(t), 1.0 / max(len(t), 1)), histtype="stepfilled", alpha=0.5,
+                color=colour, label=f"{label} (N = {len(t)})")
     ax.plot([], [], " ", label=f"AUROC = {auc:.3f}")
     ax.set_xlim(lo, hi)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("log p(x) (IWAE)")
-    ax.set_ylabel("density")
+    nice = np.array([m * 10.0**e for e in range(0, 7) for m in (1, 3)])
+    values = np.concatenate([-nice[::-1], [0.0], nice])
+    values = values[(np.abs(values) >= scale) | (values == 0)]
+    ticks = _symlog(values, scale)
+    inside = (ticks >= lo) & (ticks <= hi)
+    values, ticks = values[inside], ticks[inside]
+    if len(ticks) > 9:  # keep the powers of ten
+        keep = (values == 0) | np.isclose(np.log10(np.abs(np.where(values == 0, 1, values))) % 1, 0)
+        values, ticks = values[keep], ticks[keep]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticklabels([f"{v:g}" for v in values])
+    ax.set_xlabel(f"log p(x) - {ref:.1f} (clean median; symmetric-log axis, linear within {scale:.2g})")
+    ax.set_ylabel("fraction of galaxies per bin")
     ax.legend(fontsize=8, loc="upper left")
     if title:
         ax.set_title(title)
