@@ -3,14 +3,12 @@
 
     python docs/make_config_doc.py > docs/configuration_options.md
 """
-from ceci.config import StageConfig, StageParameter
-
 from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
+from rail.photovaez.cli.options import stage_param
 
 
 def param(key, p):
-    if isinstance(p, StageConfig):  # RAIL's SHARED_PARAMS: resolved when the stage is built
-        p = dict.__getitem__(p, key)
+    p = stage_param(key, p)  # RAIL's SHARED_PARAMS are resolved only when the stage is built
     return p.dtype.__name__ if p.dtype else "any", p.default, (p.msg or "").replace("|", "/")
 
 

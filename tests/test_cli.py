@@ -1,4 +1,4 @@
-"""The ``photovaez`` command line (photovaez.cli): generated options, a train -> estimate ->
+"""The ``photovaez`` command line (rail.photovaez.cli): generated options, a train -> estimate ->
 evaluate -> plot round trip on a few hundred DC2 galaxies, and one-line errors with exit status 2.
 
 Tiny networks and two epochs keep the file at a few seconds; the assertions are about the
@@ -17,9 +17,11 @@ import pytest
 import qp
 import tables_io
 
-from photovaez import cli
 from photovaez.io import load_model
 from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
+from rail.photovaez import cli
+from rail.photovaez.cli.options import parsed_stage_options, stage_param
+from rail.photovaez.data import read_dc2
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["--hidden", "16,16", "--dim-a", "3", "--dim-b", "3", "--epochs", "2", "--batch-size", "64",
@@ -40,12 +42,11 @@ def test_help_documents_every_stage_option(command, cls, capsys):
     missing = [f for f in _flags(cls) if f not in out]
     assert not missing, f"{command} --help lacks {missing}"
     assert ("--epochs" in out) if command == "train" else ("--n-b-samples" in out)
-    # the option's msg is the help text (argparse rewraps it)
-    text = " ".join(out.split())
-    if command == "train":
-        assert "maximum number of training epochs (default: 300)" in text
-    else:
-        assert "number of b samples in the amortised mixture q(z|x) (default: 16)" in text
+    # the option's msg is the help text (argparse rewraps it), with the stage default
+    key = "epochs" if command == "train" else "n_b_samples"
+    p = stage_param(key, cls.config_options[key])
+    assert isinstance(p.default, int) and p.msg
+    assert f"{' '.join(p.msg.split())} (default: {p.default})" in " ".join(out.split())
 
 
 @pytest.mark.parametrize("command, flags", [("evaluate", ["--redshift-col", "--json", "--group"]),
@@ -69,23 +70,23 @@ def test_option_types_are_parsed():
         "--resample", "false", "--calibrate", "--activation", "tanh", "--colours", '[["a", "b"]]',
         "--mag-limits", '{"a": 25.5, "b": 26}', "--replace-error-vals", "0.2,0.3", "--extra-cols", "ebv",
     ])
-    opts = cli._stage_options(args)
+    opts = parsed_stage_options(args)
     assert opts == {"hidden": [32, 16], "learning_rate": 3e-4, "resample": False, "calibrate": True,
                     "activation": "tanh", "colours": [["a", "b"]], "mag_limits": {"a": 25.5, "b": 26},
                     "replace_error_vals": [0.2, 0.3], "extra_cols": ["ebv"]}
     args = cli.build_parser().parse_args(["estimate", "m.pkl", "x.hdf5", "--output", "o.hdf5",
                                           "--posterior", "grid", "--calculated-point-estimates", "[]"])
-    assert cli._stage_options(args) == {"posterior": "grid", "calculated_point_estimates": []}
+    assert parsed_stage_options(args) == {"posterior": "grid", "calculated_point_estimates": []}
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, dc2_paths):
+def files(tmp_path_factory):
     """300 training galaxies (grouped hdf5) and 100 test galaxies (flat hdf5), random rows."""
     d = tmp_path_factory.mktemp("cli")
-    t = tables_io.read(dc2_paths[0])["photometry"]
+    t = read_dc2("training")
     idx = np.random.default_rng(5).permutation(len(t["redshift"]))
-    train = {k: np.asarray(v)[np.sort(idx[:300])] for k, v in t.items()}
-    test = {k: np.asarray(v)[np.sort(idx[300:400])] for k, v in t.items()}
+    train = {k: v[np.sort(idx[:300])] for k, v in t.items()}
+    test = {k: v[np.sort(idx[300:400])] for k, v in t.items()}
     tables_io.write({"photometry": train}, str(d / "train.hdf5"))
     tables_io.write(test, str(d / "test.hdf5"))
     return d, test
@@ -172,9 +173,9 @@ def test_input_errors_exit_2(files, capsys, argv, words):
 
 
 def test_command_exit_status(files):
-    """The installed entry point (``python -m photovaez.cli``): status 2 and a one-line message."""
+    """The installed entry point (``python -m rail.photovaez.cli``): status 2 and a one-line message."""
     d, _ = files
-    r = subprocess.run([sys.executable, "-m", "photovaez.cli", "evaluate", str(d / "nothere.hdf5"),
+    r = subprocess.run([sys.executable, "-m", "rail.photovaez.cli", "evaluate", str(d / "nothere.hdf5"),
                         str(d / "test.hdf5")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"photovaez evaluate: error: PDF file not found: {d / 'nothere.hdf5'}"
