@@ -25,19 +25,18 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
 
-    import tables_io
     import torch
-    from rail.estimation.algos.photovaez import PhotoVAEzEstimator
-    from rail.utils.path_utils import find_rail_file
 
     from photovaez.io import load_model
+    from rail.estimation.algos.photovaez import PhotoVAEzEstimator
+    from rail.photovaez.data import read_dc2
 
-    data = tables_io.read(find_rail_file("examples_data/testdata/test_dc2_validation_9816.hdf5"))
+    data = read_dc2("validation")
     model = load_model(args.model)
     times = []
     for i in range(args.repeat):
         est = PhotoVAEzEstimator.make_stage(name=f"speed_{i}", model=model, chunk_size=args.chunk_size,
-                                            output_mode="return")
+                                            hdf5_groupname="", output_mode="return")
         t0 = time.perf_counter()
         n = est.estimate(data).data.npdf
         times.append(time.perf_counter() - t0)

@@ -29,11 +29,15 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
 
 def read_dc2(path: str) -> dict:
-    import h5py
+    """``rail.photovaez.data.read_dc2`` of a file, its module loaded from its path: importing the
+    package ``rail.photovaez`` would import RAIL's stages, which a GPU image may lack."""
+    import importlib.util
 
-    with h5py.File(path, "r") as f:
-        g = f["photometry"] if "photometry" in f else f
-        return {k: np.asarray(g[k]) for k in g.keys()}
+    spec = importlib.util.spec_from_file_location(
+        "photovaez_dc2_data", os.path.join(HERE, "..", "src", "rail", "photovaez", "data.py"))
+    data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data)
+    return data.read_dc2(path)
 
 
 def synthesise(table: dict, n: int, seed: int = 0) -> dict:

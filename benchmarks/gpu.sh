@@ -3,13 +3,13 @@
 # PDFs of 100,000 synthetic galaxies, the posterior modes, CPU-vs-GPU agreement.
 # Usage: bash benchmarks/gpu.sh [DATA_DIR] [OUT_DIR]
 #   DATA_DIR holds test_dc2_training_9816.hdf5 and test_dc2_validation_9816.hdf5 (default: found
-#   with rail.utils.path_utils when RAIL is installed, else ./.gpu). Needs torch, jax, numpyro, h5py.
+#   with rail.photovaez.data.dc2_path when RAIL is installed, else ./.gpu). Needs torch, jax, numpyro, h5py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-}
 out=${2:-${OUT:-benchmarks/results}}
 if [ -z "$data" ]; then
-  data=$(python3 -c 'import os; from rail.utils.path_utils import find_rail_file as f; print(os.path.dirname(f("examples_data/testdata/test_dc2_training_9816.hdf5")))' 2>/dev/null || echo .gpu)
+  data=$(PYTHONPATH=src python3 -c 'import os; from rail.photovaez.data import dc2_path; print(os.path.dirname(dc2_path("training")))' 2>/dev/null || echo .gpu)
 fi
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1

@@ -41,29 +41,20 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_OUT = os.path.join(HERE, "results")
-DC2_TRAIN = "examples_data/testdata/test_dc2_training_9816.hdf5"
-DC2_VALID = "examples_data/testdata/test_dc2_validation_9816.hdf5"
 MODES = ["amortised", "grid", "hmc", "snis"]
-
-
-def read_dc2(name: str) -> dict:
-    import tables_io
-    from rail.utils.path_utils import find_rail_file
-
-    t = tables_io.read(find_rail_file(name))["photometry"]
-    return {k: np.asarray(v) for k, v in t.items()}
 
 
 def get_model(args) -> tuple[dict, dict]:
     from photovaez import api
     from photovaez.io import load_model, save_model
+    from rail.photovaez.data import read_dc2
 
     if args.model:
         return load_model(args.model), {"source": os.path.abspath(args.model)}
     import torch
 
     torch.set_num_threads(max(1, args.torch_threads))
-    train = read_dc2(DC2_TRAIN)
+    train = read_dc2("training")
     t0 = time.perf_counter()
     d = api.fit(train, model_config={"hidden": args.hidden, "dim_a": args.dim_latent, "dim_b": args.dim_latent},
                 train_config={"epochs": args.epochs, "batch_size": 256, "learning_rate": 2e-3, "device": "cpu",
@@ -90,7 +81,8 @@ def run_mode(mode: str, predictor, table, zgrid, args) -> tuple[np.ndarray, dict
     from photovaez import api
 
     if mode == "amortised":
-        call = lambda: api.estimate(predictor, table, zgrid, n_b=args.n_amortised, seed=args.seed)
+        def call():
+            return api.estimate(predictor, table, zgrid, n_b=args.n_amortised, seed=args.seed)
     else:
         settings = {
             "grid": dict(n_importance=args.n_grid, support_tol=args.support_tol),
@@ -98,8 +90,9 @@ def run_mode(mode: str, predictor, table, zgrid, args) -> tuple[np.ndarray, dict
                         max_tree_depth=args.max_tree_depth),
             "snis": dict(n_importance=args.n_snis),
         }[mode]
-        call = lambda: api.estimate_posterior(predictor, table, zgrid, mode=mode, seed=args.seed,
-                                              n_importance_px=args.n_px, **settings)
+        def call():
+            return api.estimate_posterior(predictor, table, zgrid, mode=mode, seed=args.seed,
+                                          n_importance_px=args.n_px, **settings)
     t0 = time.perf_counter()
     pdfs, ancil = call()
     first = time.perf_counter() - t0
@@ -123,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     ap.add_argument("--n-amortised", type=int, default=16)
     ap.add_argument("--n-grid", type=int, default=128)
-    ap.add_argument("--support-tol", type=float, default=1e-4, help="grid: evaluate only where q(z|x) has mass; <0: all")
+    ap.add_argument("--support-tol", type=float, default=1e-4,
+                    help="grid: evaluate only where q(z|x) has mass; <0: all")
     ap.add_argument("--n-hmc", type=int, default=32)
     ap.add_argument("--num-warmup", type=int, default=200)
     ap.add_argument("--num-samples", type=int, default=300)
@@ -143,12 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     from photovaez import api
     from photovaez.grid import redshift_grid
     from photovaez.metrics import evaluate
+    from rail.photovaez.data import read_dc2
 
     model_dict, model_info = get_model(args)
     predictor = api.load_predictor(model_dict)
-    valid = read_dc2(DC2_VALID)
-    idx = np.sort(np.random.default_rng(args.seed).choice(len(valid["redshift"]), args.n_galaxies, replace=False))
-    table = {k: v[idx] for k, v in valid.items()}
+    table = read_dc2("validation", args.n_galaxies, seed=args.seed)
     ztrue = table["redshift"]
     zgrid = redshift_grid(0.0, 3.0, 301)
 

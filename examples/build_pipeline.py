@@ -29,18 +29,7 @@ import sys
 
 import numpy as np
 
-DEFAULT_TRAIN = "examples_data/testdata/test_dc2_training_9816.hdf5"
-DEFAULT_TEST = "examples_data/testdata/test_dc2_validation_9816.hdf5"
-GROUP = "photometry"
-
-
-def _read_group(path: str) -> dict[str, np.ndarray]:
-    import tables_io
-
-    data = tables_io.read(path)
-    if GROUP in data:
-        data = data[GROUP]
-    return {k: np.asarray(v) for k, v in data.items()}
+from rail.photovaez.data import DC2_FILES, GROUP, dc2_path, read_dc2
 
 
 def _write_subset(table: dict[str, np.ndarray], rows: slice, path: str, drop: tuple[str, ...] = ()) -> int:
@@ -55,8 +44,8 @@ def make_inputs(train_file: str, test_file: str, output_dir: str, n_train: int, 
                 n_unlabeled: int) -> dict[str, str]:
     """Write the subset files into ``output_dir`` and return the pipeline's overall inputs."""
     os.makedirs(output_dir, exist_ok=True)
-    train = _read_group(train_file)
-    test = _read_group(test_file)
+    train = read_dc2(train_file)
+    test = read_dc2(test_file)
     n_all = len(train["redshift"]) if "redshift" in train else len(next(iter(train.values())))
     if n_train + n_unlabeled > n_all:
         raise ValueError(f"{train_file} has {n_all} rows, fewer than n_train + n_unlabeled = {n_train + n_unlabeled}")
@@ -81,8 +70,9 @@ def build_pipeline(inform_config: dict, estimate_config: dict,
     ``estimate_photovaez_<mode>`` / ``evaluate_photovaez_<mode>`` for grid, hmc, snis)."""
     posterior_config = posterior_config or {}
     from rail.core.stage import RailPipeline
-    from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
     from rail.evaluation.single_evaluator import SingleEvaluator
+
+    from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
 
     class PhotoVAEzPipeline(RailPipeline):
         def __init__(self) -> None:
@@ -121,11 +111,10 @@ def build_pipeline(inform_config: dict, estimate_config: dict,
 
 
 def main(argv: list[str] | None = None) -> str:
-    from rail.utils.path_utils import find_rail_file
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-file", default=None, help=f"training hdf5 (default: RAIL's {DEFAULT_TRAIN})")
-    p.add_argument("--test-file", default=None, help=f"test hdf5 (default: RAIL's {DEFAULT_TEST})")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-file", default=None, help=f"training hdf5 (default: RAIL's {DC2_FILES['training']})")
+    p.add_argument("--test-file", default=None, help=f"test hdf5 (default: RAIL's {DC2_FILES['validation']})")
     p.add_argument("--output-dir", default="examples/output", help="folder for subsets, yml files and outputs")
     p.add_argument("--yml", default=None, help="pipeline yml path (default: <output-dir>/photovaez_pipeline.yml)")
     p.add_argument("--n-train", type=int, default=4000, help="labelled training galaxies")
@@ -146,8 +135,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    train_file = args.train_file or find_rail_file(DEFAULT_TRAIN)
-    test_file = args.test_file or find_rail_file(DEFAULT_TEST)
+    train_file = args.train_file or dc2_path("training")
+    test_file = args.test_file or dc2_path("validation")
     out = os.path.abspath(args.output_dir)
     inputs = make_inputs(train_file, test_file, out, args.n_train, args.n_test, args.n_unlabeled)
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]

@@ -33,10 +33,6 @@ import time
 
 import numpy as np
 
-TRAIN = "examples_data/testdata/test_dc2_training_9816.hdf5"
-VALID = "examples_data/testdata/test_dc2_validation_9816.hdf5"
-GROUP = "photometry"
-
 log = logging.getLogger("photovaez.dc2_main")
 
 
@@ -109,16 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    import tables_io
     from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
-    from rail.utils.path_utils import find_rail_file
+    from rail.photovaez.data import read_dc2
 
     from photovaez import metrics, plots
 
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
-    train = _subset(tables_io.read(find_rail_file(TRAIN))[GROUP], args.n_train, args.seed)
-    valid = _subset(tables_io.read(find_rail_file(VALID))[GROUP], args.n_test, args.seed + 1)
+    train = read_dc2("training", args.n_train, args.seed)
+    valid = read_dc2("validation", args.n_test, args.seed + 1)
 
     train_cfg = dict(name="inform_photovaez", hdf5_groupname="", model=os.path.join(out, "model_photovaez.pkl"),
                      seed=args.seed, progress=True)
