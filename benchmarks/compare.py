@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """PhotoVAEz against RAIL's own estimators on the scenarios of ``benchmarks/dc2.py``.
 
-The harness is :func:`rail.photovaez.compare.compare` (also behind ``photovaez compare``): every
+The harness is :func:`rail.photovaez.compare.compare_to_files` (also behind ``photovaez compare``): every
 estimator is informed and estimated through its RAIL stages in its own subprocess, under a time
 limit (``--timeout``), so that one failure, crash or memory blow-up cannot stop the others and the
 peak RSS is per estimator.  This script supplies the scenarios and their data, those of
@@ -98,7 +98,8 @@ def load_results(path: str) -> dict:
     return {"results": res, "estimators": estimators, "runs": data.get("runs", [data["meta"]])}
 
 
-def write_markdown(path: str, meta: dict, results: dict, estimators: list[str]) -> None:
+def markdown(meta: dict, results: dict, estimators: list[str]) -> str:
+    """The text of compare.md."""
     from rail.photovaez.compare import ESTIMATORS, markdown_table
 
     lines = [
@@ -135,14 +136,13 @@ def write_markdown(path: str, meta: dict, results: dict, estimators: list[str]) 
         "(RAIL KNN in the project's RAIL notes §4.5: sigma_MAD 0.0251, PIT KS 0.071, CDE loss -6.095).",
         "",
     ]
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     from dc2 import SCENARIOS, parse_scenarios
 
-    from rail.photovaez.compare import ESTIMATORS, _json_default, compare, installed_estimators, run_order
+    from rail.photovaez.compare import ESTIMATORS, compare_to_files, installed_estimators, run_order
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,8 +176,6 @@ def main(argv=None) -> int:
         not_installed = [e for e in ESTIMATORS if e not in estimators]
     estimators = run_order(estimators)
 
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
     try:
         import torch
 
@@ -212,11 +210,11 @@ def main(argv=None) -> int:
         "versions": versions,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    jpath, mpath = os.path.join(out, "compare.json"), os.path.join(out, "compare.md")
+    old_json = os.path.join(os.path.abspath(args.out), "compare.json")
     results: dict[str, dict] = {s: {} for s in scenarios}
     shown_scenarios, shown_estimators, runs = list(scenarios), list(estimators), [meta]
-    if args.update and os.path.exists(jpath):
-        old = load_results(jpath)
+    if args.update and os.path.exists(old_json):
+        old = load_results(old_json)
         runs = old["runs"] + [meta]
         shown_scenarios = [s for s in SCENARIOS if s in old["results"] or s in scenarios]
         shown_estimators = run_order([e for e in ESTIMATORS if e in old["estimators"] or e in estimators])
@@ -224,25 +222,23 @@ def main(argv=None) -> int:
             results[s] = {**old["results"].get(s, {}), **results.get(s, {})}
     results = {s: results[s] for s in shown_scenarios}
 
-    def save(*_):
-        with open(jpath, "w") as fh:
-            json.dump({"meta": meta, "runs": runs, "results": results}, fh, indent=1, default=_json_default)
-        write_markdown(mpath, {**meta, "runs": runs}, results, shown_estimators)
+    def datasets():
+        for s in scenarios:
+            d = load_scenario(s, args.n_train, args.n_test, args.seed)
+            options, per = scenario_options(s, d)
+            pv = per["PhotoVAEz"]
+            pv["seed"] = args.seed
+            if args.photovaez_epochs is not None:
+                pv["epochs"] = int(args.photovaez_epochs)
+            if args.photovaez_hidden:
+                pv["hidden"] = [int(h) for h in args.photovaez_hidden.split(",") if h]
+            logging.info("scenario %s", s)
+            yield s, dict(d, options=options, stage_options=per)
 
-    for s in scenarios:
-        d = load_scenario(s, args.n_train, args.n_test, args.seed)
-        options, per = scenario_options(s, d)
-        pv = per["PhotoVAEz"]
-        pv["seed"] = args.seed
-        if args.photovaez_epochs is not None:
-            pv["epochs"] = int(args.photovaez_epochs)
-        if args.photovaez_hidden:
-            pv["hidden"] = [int(h) for h in args.photovaez_hidden.split(",") if h]
-        logging.info("scenario %s", s)
-        compare(d["labelled"], d["test"], unlabelled=d["unlabelled"], options=options, estimators=estimators,
-                stage_options=per, timeout=args.timeout,
-                on_result=lambda name, r, s=s: (results[s].__setitem__(name, r), save()))
-    save()
+    results, jpath, mpath = compare_to_files(
+        args.out, datasets(), estimators=estimators, timeout=args.timeout, results=results,
+        document=lambda res: {"meta": meta, "runs": runs, "results": res},
+        markdown=lambda res: markdown({**meta, "runs": runs}, res, shown_estimators))
     logging.info("wrote %s and %s", jpath, mpath)
     return 0 if all("error" not in r for res in results.values() for r in res.values()) else 1
 

@@ -12,8 +12,8 @@ others and the peak RSS is per scenario):
 ``biased``
     only ``mag_i_lsst < 21.5`` labelled, the rest unlabelled (a bright, incomplete spec-z set).
 ``sdss``
-    SDSS MGS (``../shared/data/sdss_mgs`` beside the checkout, or ``$PHOTOVAEZ_SDSS_DIR``): train on ``SDSS_MGS.train`` (5,000), estimate
-    ``SDSS_MGS.test`` (5,000), ``sdss_mgs`` feature preset, grid 0..0.4.
+    SDSS MGS (``../shared/data/sdss_mgs`` beside the checkout, or ``$PHOTOVAEZ_SDSS_DIR``): train on
+    ``SDSS_MGS.train`` (5,000), estimate ``SDSS_MGS.test`` (5,000), ``sdss_mgs`` feature preset, grid 0..0.4.
 
 The DC2 scenarios are estimated on all 20,449 validation galaxies on RAIL's default grid
 (``linspace(0, 3, 301)``).  Metrics come from :func:`photovaez.metrics.evaluate` (RAIL/qp
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -46,8 +47,6 @@ DEFAULT_OUT = os.path.join(HERE, "results")
 SDSS_DIR = os.environ.get("PHOTOVAEZ_SDSS_DIR", os.path.join(HERE, "..", "..", "shared", "data", "sdss_mgs"))
 SDSS_COLUMNS = ["zs", "u", "g", "r", "i", "z", "u-g", "g-r", "r-i", "i-z",
                 "eu", "eg", "er", "ei", "ez", "eu-g", "eg-r", "er-i", "ei-z"]
-DC2_TRAIN = "examples_data/testdata/test_dc2_training_9816.hdf5"
-DC2_VALID = "examples_data/testdata/test_dc2_validation_9816.hdf5"
 SCENARIOS = ["full", "scarce", "biased", "sdss"]
 N_SCARCE = 500
 BIASED_I_CUT = 21.5
@@ -81,17 +80,6 @@ TABLE_ROWS = [
 # data
 
 
-def _dc2_tables() -> tuple[dict, dict]:
-    import tables_io
-    from rail.utils.path_utils import find_rail_file
-
-    def read(rel):
-        d = tables_io.read(find_rail_file(rel))["photometry"]
-        return {k: np.asarray(v) for k, v in d.items()}
-
-    return read(DC2_TRAIN), read(DC2_VALID)
-
-
 def _sdss_tables() -> tuple[dict, dict]:
     def read(name):
         a = np.loadtxt(os.path.join(SDSS_DIR, name), comments="#", dtype=np.float64)
@@ -123,6 +111,7 @@ def scenario_data(name: str) -> dict:
     """Labelled / unlabelled training tables, the table to estimate, its truths, grid and spec."""
     from photovaez.features import preset
     from photovaez.grid import redshift_grid
+    from rail.photovaez.data import read_dc2
 
     if name == "sdss":
         if not os.path.isdir(SDSS_DIR):
@@ -130,7 +119,7 @@ def scenario_data(name: str) -> dict:
         train, test = _sdss_tables()
         return dict(labelled=train, unlabelled=None, test=test, ztrue=test["zs"], redshift_col="zs",
                     spec=preset("sdss_mgs"), zgrid=redshift_grid(0.0, 0.4, 201), mag=test["r"], mag_name="r")
-    train, valid = _dc2_tables()
+    train, valid = read_dc2("training"), read_dc2("validation")
     n = len(train["redshift"])
     if name == "full":
         lab = np.ones(n, bool)
@@ -152,12 +141,6 @@ def scenario_data(name: str) -> dict:
 # one scenario (runs in a subprocess)
 
 
-def _peak_rss_mb() -> float:
-    from photovaez.resources import peak_rss_mb
-
-    return peak_rss_mb()
-
-
 def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: str | None,
                  model_dir: str | None = None) -> dict:
     import torch
@@ -165,6 +148,7 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
     from photovaez import api
     from photovaez.metrics import evaluate, point_metrics
     from photovaez.train import TrainConfig
+    from rail.photovaez.resources import peak_rss_mb
 
     d = scenario_data(name)
     tc = TrainConfig(seed=seed, progress=False, device="auto")
@@ -177,7 +161,7 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
     model_dict = api.fit(d["labelled"], d["unlabelled"], spec=d["spec"], train_config=tc,
                          redshift_col=d["redshift_col"])
     inform_s = time.perf_counter() - t0
-    rss_inform = _peak_rss_mb()
+    rss_inform = peak_rss_mb()
     if model_dir:
         from photovaez.io import save_model
 
@@ -187,7 +171,7 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
     predictor = api.load_predictor(model_dict)
     pdfs, ancil = api.estimate(predictor, d["test"], d["zgrid"], n_b=n_b, seed=seed)
     estimate_s = time.perf_counter() - t0
-    rss = _peak_rss_mb()
+    rss = peak_rss_mb()
 
     ztrue = np.asarray(d["ztrue"], np.float64)
     res = evaluate(d["zgrid"], pdfs, ztrue, zpoint=ancil["zmode"])
@@ -247,19 +231,15 @@ def _worker(args) -> int:
 
 
 def _cell(row, fmt, r):
+    from rail.photovaez.compare import format_cell
+
     if "error" in r:
         return "failed" if row == "n_labelled" else ""
     if row == "epochs_run":
         return f"{r['epochs_run']} ({r['best_epoch']})"
     if row == "skipped":
         return f"{r['n_skipped']} / {r['n_steps']}"
-    v = r.get(row)
-    if v is None:
-        return ""
-    try:
-        return fmt.format(v)
-    except (ValueError, TypeError):
-        return str(v)
+    return format_cell(r.get(row), fmt)
 
 
 def write_markdown(path: str, meta: dict, results: dict) -> None:
@@ -360,6 +340,10 @@ def main(argv=None) -> int:
     except Exception:
         pass
 
+    from rail.photovaez.compare import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="[dc2] %(message)s")
+
     def one(name: str) -> tuple[str, dict]:
         with tempfile.TemporaryDirectory() as tmp:
             rfile = os.path.join(tmp, "result.json")
@@ -370,24 +354,9 @@ def main(argv=None) -> int:
                 cmd += ["--fig-dir", fig_dir]
             if args.save_models:
                 cmd += ["--save-models", os.path.abspath(args.save_models)]
-            print(f"[dc2] {name}: starting", flush=True)
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                rc, err = proc.returncode, proc.stderr
-            except subprocess.TimeoutExpired as exc:
-                rc, err = -9, f"timed out after {exc.timeout} s"
-            wall = time.perf_counter() - t0
-            if rc == 0 and os.path.exists(rfile):
-                with open(rfile) as fh:
-                    r = json.load(fh)
-                print(f"[dc2] {name}: done in {wall:.0f} s; sigma_NMAD {r['sigma_nmad']:.4f}, outliers "
-                      f"{r['outlier_rate']:.4f}, PIT KS {r['pit_ks']:.4f}, CDE {r['cdeloss']:.3f}", flush=True)
-            else:
-                tail = "\n".join((err or "").strip().splitlines()[-15:])
-                r = {"scenario": name, "error": f"exit code {rc}: " + (tail.splitlines()[-1] if tail else ""),
-                     "stderr_tail": tail}
-                print(f"[dc2] {name}: FAILED (exit code {rc})\n{tail}", flush=True)
+            r, wall = run_worker(cmd, rfile, args.timeout, name=name, identity={"scenario": name})
+            if "error" in r:
+                logging.info("%s", r["stderr_tail"])
             r["subprocess_wall_s"] = wall
             return name, r
 
@@ -401,7 +370,7 @@ def main(argv=None) -> int:
     with open(jpath, "w") as fh:
         json.dump({"meta": meta, "scenarios": results}, fh, indent=1, default=float)
     write_markdown(mpath, meta, results)
-    print(f"[dc2] wrote {jpath} and {mpath}", flush=True)
+    logging.info("wrote %s and %s", jpath, mpath)
     return 0 if all("error" not in r for r in results.values()) else 1
 
 

@@ -6,8 +6,8 @@ drawn with replacement, every magnitude redrawn from its error, ``m' = m + sigma
 errors kept), written to an hdf5 file (group ``photometry``).  Each (mode, N) run is a fresh
 subprocess that runs the RAIL stage exactly as a pipeline does: the input is read from the file
 chunk by chunk (``chunk_size``) and the PDFs are written chunk by chunk to the output file.  The
-subprocess reports its own wall time and peak RSS (``VmHWM``, :func:`photovaez.resources.peak_rss_mb`).  Peak memory bounded by the
-chunk size, not by the catalogue, shows as the same peak RSS at N and 10 N.
+subprocess reports its own wall time and peak RSS (``VmHWM``, :func:`rail.photovaez.resources.peak_rss_mb`).
+Peak memory bounded by the chunk size, not by the catalogue, shows as the same peak RSS at N and 10 N.
 
 The amortised mode runs on 100,000 and 1,000,000 rows; the posterior modes (grid, snis, hmc, a
 few to a few hundred galaxies per second on a CPU) on the ``--posterior-rows`` of each, with the
@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,10 +47,10 @@ POSTERIOR_ROWS = {"snis": [2000, 20000], "grid": [100, 1000], "hmc": [10, 100]}
 def synthesise(path: str, n_rows: int, seed: int = 0, block: int = 200_000) -> None:
     """Write ``n_rows`` resampled DC2 validation galaxies to ``path`` (block by block)."""
     import h5py
-    import tables_io
-    from rail.utils.path_utils import find_rail_file
 
-    src = tables_io.read(find_rail_file("examples_data/testdata/test_dc2_validation_9816.hdf5"))["photometry"]
+    from rail.photovaez.data import read_dc2
+
+    src = read_dc2("validation")
     src = {c: np.asarray(src[c], np.float32) for c in BANDS + ERRS}
     n_src = len(src[BANDS[0]])
     rng = np.random.default_rng(seed)
@@ -70,16 +70,16 @@ def synthesise(path: str, n_rows: int, seed: int = 0, block: int = 200_000) -> N
 
 
 def _worker(args) -> int:
-    """One (mode, N) run of the RAIL stage; prints a JSON line with its numbers."""
+    """One (mode, N) run of the RAIL stage; writes its numbers to ``--result`` (JSON)."""
     from rail.core.data import TableHandle
+
     from rail.estimation.algos.photovaez import PhotoVAEzEstimator
+    from rail.photovaez.resources import peak_rss_mb
 
     cfg = dict(posterior=args.mode, chunk_size=args.chunk_size, hdf5_groupname="photometry", device=args.device,
                output=args.output, seed=0)
     if args.mode == "hmc":
         cfg.update(hmc_num_warmup=args.hmc_warmup, hmc_num_samples=args.hmc_samples)
-    from photovaez.resources import peak_rss_mb
-
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     stage = PhotoVAEzEstimator.make_stage(name=f"scale_{args.mode}", model=args.model, **cfg)
@@ -92,9 +92,11 @@ def _worker(args) -> int:
 
     with h5py.File(args.output, "r") as f:
         n_out = int(f["data"]["yvals"].shape[0])
-    print(json.dumps({"mode": args.mode, "rows": args.rows, "n_out": n_out, "wall_s": wall,
-                      "gal_per_s": n_out / wall, "peak_rss_mb": peak_rss_mb(),
-                      "rss_after_imports_mb": rss0, "output_mb": os.path.getsize(args.output) / 2**20}))
+    res = {"mode": args.mode, "rows": args.rows, "n_out": n_out, "wall_s": wall, "gal_per_s": n_out / wall,
+           "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss0,
+           "output_mb": os.path.getsize(args.output) / 2**20}
+    with open(args.result, "w") as fh:
+        json.dump(res, fh)
     return 0
 
 
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep --work afterwards")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
-    for name in ("worker", "mode", "input", "output"):
+    for name in ("worker", "mode", "input", "output", "result"):
         ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
     ap.add_argument("--worker-rows", dest="worker_rows", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -170,18 +172,19 @@ def main(argv=None) -> int:
         args.rows = args.worker_rows
         return _worker(args)
 
+    from rail.photovaez.compare import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="[scale] %(message)s")
     post_rows = json.loads(args.posterior_rows)
     work = args.work or tempfile.mkdtemp(prefix="photovaez_scale_")
     os.makedirs(work, exist_ok=True)
     model = args.model
     if model is None:
-        import tables_io
-        from rail.utils.path_utils import find_rail_file
-
         from photovaez import api
         from photovaez.io import save_model
+        from rail.photovaez.data import read_dc2
 
-        train = tables_io.read(find_rail_file("examples_data/testdata/test_dc2_training_9816.hdf5"))["photometry"]
+        train = read_dc2("training")
         model = os.path.join(work, "model.pkl")
         save_model(api.fit(train, train_config=dict(epochs=args.epochs, min_epochs=args.epochs, progress=False,
                                                     device=args.device)), model)
@@ -208,23 +211,18 @@ def main(argv=None) -> int:
                 catalogues[n] = os.path.join(work, f"catalogue_{n}.hdf5")
                 t0 = time.perf_counter()
                 synthesise(catalogues[n], n)
-                print(f"[scale] synthesised {n:,} rows in {time.perf_counter() - t0:.0f} s", flush=True)
+                logging.info("synthesised %s rows in %.0f s", f"{n:,}", time.perf_counter() - t0)
             out = os.path.join(work, f"pdfs_{mode}_{n}.hdf5")
+            rfile = os.path.join(work, f"result_{mode}_{n}.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", "1", "--mode", mode, "--worker-rows", str(n),
-                   "--input", catalogues[n], "--output", out, "--model", model, "--chunk-size", str(args.chunk_size),
-                   "--device", args.device, "--hmc-warmup", str(args.hmc_warmup),
-                   "--hmc-samples", str(args.hmc_samples)]
-            print(f"[scale] {mode} on {n:,} rows ...", flush=True)
-            try:
-                p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=work)
-                line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-                r = json.loads(line[-1]) if p.returncode == 0 and line else {
-                    "mode": mode, "rows": n, "error": f"exit {p.returncode}: " + (p.stderr.strip().splitlines() or ["?"])[-1]}
-            except subprocess.TimeoutExpired:
-                r = {"mode": mode, "rows": n, "error": f"timed out after {args.timeout:.0f} s"}
+                   "--input", catalogues[n], "--output", out, "--result", rfile, "--model", model,
+                   "--chunk-size", str(args.chunk_size), "--device", args.device,
+                   "--hmc-warmup", str(args.hmc_warmup), "--hmc-samples", str(args.hmc_samples)]
+            r, _ = run_worker(cmd, rfile, args.timeout, name=f"{mode} on {n:,} rows",
+                              identity={"mode": mode, "rows": n}, cwd=work)
             if "error" not in r and r["n_out"] != n:
                 r["error"] = f"{r['n_out']} PDFs written for {n} rows"
-            print(f"[scale] {json.dumps(r)}", flush=True)
+            logging.info("%s", json.dumps(r))
             runs.append(r)
             if os.path.exists(out):
                 os.remove(out)  # the 10^6-row outputs are GBs

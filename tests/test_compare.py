@@ -8,6 +8,14 @@ import importlib.util
 import json
 import math
 import os
+import time
+
+import numpy as np
+import pytest
+import tables_io
+
+from rail.photovaez import cli
+from rail.photovaez import compare as cmp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMPARE = os.path.join(HERE, "..", "benchmarks", "compare.py")
@@ -49,13 +57,6 @@ def test_compare_runs_each_estimator_isolated(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # `photovaez compare` on files, and the pieces of rail.photovaez.compare
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tables_io  # noqa: E402
-
-from photovaez import cli  # noqa: E402
-from rail.photovaez import compare as cmp  # noqa: E402
 
 
 @pytest.fixture
@@ -116,16 +117,23 @@ def test_timeout_is_reported_not_raised(dc2_tables):
     assert res["PhotoVAEz"]["error"].startswith("timed out after")
 
 
-def test_split_labelled_and_shared_options():
+def test_labelled_and_unlabelled_and_shared_options():
     t = {"redshift": np.array([0.5, np.nan, -1.0, 1.2, 0.0]), "m": np.arange(5.0)}
-    lab, unl = cmp.split_labelled(t, "redshift")
+    lab, unl = cmp.labelled_and_unlabelled(t, "redshift")
     np.testing.assert_array_equal(lab["m"], [0.0, 3.0])
     np.testing.assert_array_equal(unl["m"], [1.0, 2.0, 4.0])
     assert "redshift" not in unl
-    lab, unl = cmp.split_labelled({"redshift": np.array([0.1, 0.2]), "m": np.zeros(2)}, "redshift")
+    # a second unlabelled table is appended on the common columns, its redshifts dropped
+    extra = {"m": np.array([7.0, 8.0]), "redshift": np.array([0.3, 0.4]), "other": np.zeros(2)}
+    _, unl = cmp.labelled_and_unlabelled(t, "redshift", extra)
+    assert set(unl) == {"m"}
+    np.testing.assert_array_equal(unl["m"], [1.0, 2.0, 4.0, 7.0, 8.0])
+    lab, unl = cmp.labelled_and_unlabelled({"redshift": np.array([0.1, 0.2]), "m": np.zeros(2)}, "redshift")
     assert unl is None and len(lab["m"]) == 2
+    _, unl = cmp.labelled_and_unlabelled({"redshift": np.array([0.1]), "m": np.zeros(1)}, "redshift", extra)
+    assert set(unl) == {"m", "other"}  # no unlabelled rows of its own: the second table as it is
     with pytest.raises(ValueError, match="no labelled rows"):
-        cmp.split_labelled({"redshift": np.array([np.nan]), "m": np.zeros(1)}, "redshift")
+        cmp.labelled_and_unlabelled({"redshift": np.array([np.nan]), "m": np.zeros(1)}, "redshift")
     o = cmp.shared_options(redshift_col="zs", zmin=0.0, zmax=0.4, nzbins=201, bands=["u", "g"],
                            err_bands=["eu", "eg"], ref_band="g")
     assert o["dz"] == pytest.approx(0.002) and o["err_dict"] == {"u": "eu", "g": "eg", "zs": None}
@@ -134,3 +142,34 @@ def test_split_labelled_and_shared_options():
 
     kept = cmp.stage_config(TrainZEstimator, {**o, "not_an_option": 1})
     assert "not_an_option" not in kept and kept["zmax"] == 0.4
+
+
+def test_run_subprocess_kills_the_process_group_on_timeout():
+    """A worker that forks: after the time-out neither it nor its child is left running."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc to see the child process")
+
+    rc, err, timed_out = cmp.run_subprocess(["sh", "-c", "sleep 60 & echo $! >&2; wait"], timeout=1.0)
+    assert timed_out and rc == -9
+    child = int(err.split()[0])
+
+    def running(pid: int) -> bool:  # a zombie (killed, not yet reaped) does not run
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    for _ in range(50):
+        if not running(child):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"child {child} of the timed-out worker still runs")
+    rc, err, timed_out = cmp.run_subprocess(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=None)
+    assert (rc, err.strip(), timed_out) == (3, "err", False)
+
+
+def test_format_cell():
+    assert cmp.format_cell(0.123456, "{:.3f}") == "0.123" and cmp.format_cell(None, "{:.3f}") == ""
+    assert cmp.format_cell("n/a", "{:.3f}") == "n/a"

@@ -9,7 +9,8 @@ then :func:`photovaez.metrics.evaluate`, with the ensemble's ``zmode`` ancil as 
 when it has one (else the mode on the grid).
 
 Used by ``photovaez compare`` (any tables) and ``benchmarks/compare.py`` (the DC2 and SDSS
-scenarios).  The other estimators come with ``pip install "pz-rail-photovaez[compare]"``.
+scenarios), both through :func:`compare_to_files`; the other benchmarks run their workers with
+:func:`run_subprocess`.  The other estimators come with ``pip install "pz-rail-photovaez[compare]"``.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
-    "ESTIMATORS", "SEMI_SUPERVISED", "TABLE_COLS", "compare", "installed_estimators", "run_order", "shared_options",
-    "split_labelled", "markdown_table",
+    "ESTIMATORS", "SEMI_SUPERVISED", "TABLE_COLS", "compare", "compare_to_files", "format_cell", "installed_estimators",
+    "labelled_and_unlabelled", "markdown_table", "run_order", "run_subprocess", "run_worker", "shared_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,14 @@ def shared_options(*, redshift_col: str = "redshift", zmin: float = 0.0, zmax: f
     return opts
 
 
-def split_labelled(table: Mapping[str, np.ndarray], redshift_col: str) -> tuple[dict, dict | None]:
-    """Rows with a finite, positive ``redshift_col`` (labelled) and the others without that
-    column (unlabelled, or None when there are none)."""
+def labelled_and_unlabelled(table: Mapping[str, np.ndarray], redshift_col: str,
+                            extra_unlabelled: Mapping[str, np.ndarray] | None = None) -> tuple[dict, dict | None]:
+    """The rows of a training table with a finite, positive ``redshift_col`` (labelled), and the
+    others without that column (unlabelled, or None when there are none).
+
+    ``extra_unlabelled`` (photometry without redshifts, e.g. a second file) is appended to the
+    unlabelled rows, on the columns both have; its ``redshift_col``, if any, is dropped.
+    """
     if redshift_col not in table:
         raise KeyError(f"redshift column {redshift_col!r} is not in the training table; its columns are "
                        f"{list(table)}")
@@ -143,9 +149,14 @@ def split_labelled(table: Mapping[str, np.ndarray], redshift_col: str) -> tuple[
     if not lab.any():
         raise ValueError(f"no labelled rows: column {redshift_col!r} has no finite redshift > 0")
     labelled = {k: np.asarray(v)[lab] for k, v in table.items()}
-    if lab.all():
-        return labelled, None
-    return labelled, {k: np.asarray(v)[~lab] for k, v in table.items() if k != redshift_col}
+    unlabelled = None if lab.all() else {k: np.asarray(v)[~lab] for k, v in table.items() if k != redshift_col}
+    if extra_unlabelled is not None:
+        extra = {k: v for k, v in extra_unlabelled.items() if k != redshift_col}
+        if unlabelled is not None:
+            extra = {k: np.concatenate([np.asarray(unlabelled[k]), np.asarray(extra[k])])
+                     for k in unlabelled if k in extra}
+        unlabelled = extra
+    return labelled, unlabelled
 
 
 def stage_config(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,7 +185,7 @@ def _read_table(path: str) -> dict[str, np.ndarray]:
 
 def _peak_rss_mb() -> float:
     """Peak RSS of this worker (its own address space) or of any child it waited for."""
-    from photovaez.resources import peak_rss_mb
+    from .resources import peak_rss_mb
 
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1024.0 if sys.platform != "darwin" else 2**20)
     return max(peak_rss_mb(), kids)
@@ -290,10 +301,14 @@ def _worker(job_path: str, result_path: str) -> int:
 # driver
 
 
-def _run_subprocess(cmd: list[str], timeout: float) -> tuple[int, str, bool]:
-    """Run in a new session; on timeout kill the whole process group (estimators may fork)."""
+def run_subprocess(cmd: list[str], timeout: float | None, cwd: str | None = None) -> tuple[int, str, bool]:
+    """Run ``cmd`` (its stdout discarded) in a new session, at most ``timeout`` seconds (None: no
+    limit); on timeout kill its whole process group (estimators may fork).
+
+    Returns (return code, stderr, whether it timed out).
+    """
     with tempfile.TemporaryFile(mode="w+") as errf:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True, cwd=cwd)
         timed_out = False
         try:
             proc.wait(timeout=timeout)
@@ -307,6 +322,46 @@ def _run_subprocess(cmd: list[str], timeout: float) -> tuple[int, str, bool]:
         errf.seek(0)
         err = errf.read()
     return proc.returncode, err, timed_out
+
+
+def run_worker(cmd: list[str], result_path: str, timeout: float | None, *, name: str,
+               identity: Mapping[str, Any] | None = None, cwd: str | None = None) -> tuple[dict[str, Any], float]:
+    """Run a worker process that writes its result, a JSON object, to ``result_path``.
+
+    The worker runs under :func:`run_subprocess` (its process group killed after ``timeout``
+    seconds).  Returns (result, wall seconds): the worker's result, or ``{**identity, "error":
+    why}`` if it timed out, died or wrote none; a failed result gets the tail of the worker's
+    stderr as ``stderr_tail``.  Start, failure and the metrics of a result are logged under
+    ``name``.
+    """
+    if os.path.exists(result_path):
+        os.remove(result_path)
+    log.info("%s: starting", name)
+    t0 = time.perf_counter()
+    rc, err, timed_out = run_subprocess(cmd, timeout, cwd=cwd)
+    wall = time.perf_counter() - t0
+    r = None
+    if os.path.exists(result_path):
+        with open(result_path) as fh:
+            r = json.load(fh)
+    tail = "\n".join(err.strip().splitlines()[-15:])
+    if timed_out:
+        r = {**(identity or {}), "error": f"timed out after {timeout:.0f} s"}
+    elif r is None or (rc != 0 and "error" not in r):
+        why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+        if rc == -9:
+            why += " (out of memory?)"
+        last = tail.splitlines()[-1] if tail else ""
+        r = {**(identity or {}), "error": why + (f": {last}" if last else "")}
+    if "error" in r:
+        r["stderr_tail"] = tail
+        log.warning("%s: FAILED: %s", name, r["error"])
+    elif "sigma_nmad" in r:
+        log.info("%s: done in %.0f s; sigma_NMAD %.4f, outliers %.4f, PIT KS %.4f, CDE %.3f", name, wall,
+                 r["sigma_nmad"], r["outlier_rate"], r["pit_ks"], r["cdeloss"])
+    else:
+        log.info("%s: done in %.0f s", name, wall)
+    return r, wall
 
 
 def compare(labelled: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], *,
@@ -366,31 +421,8 @@ def compare(labelled: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], 
             jpath, rpath = os.path.join(tmp, f"job_{name}.json"), os.path.join(tmp, f"result_{name}.json")
             with open(jpath, "w") as fh:
                 json.dump(job, fh, default=_json_default)
-            if os.path.exists(rpath):
-                os.remove(rpath)
-            log.info("%s: starting", name)
-            t0 = time.perf_counter()
-            rc, err, timed_out = _run_subprocess([sys.executable, "-m", __name__, jpath, rpath], timeout)
-            wall = time.perf_counter() - t0
-            r = None
-            if os.path.exists(rpath):
-                with open(rpath) as fh:
-                    r = json.load(fh)
-            tail = "\n".join(err.strip().splitlines()[-15:])
-            if timed_out:
-                r = {"estimator": name, "error": f"timed out after {timeout:.0f} s"}
-            elif r is None or (rc != 0 and "error" not in r):
-                why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
-                if rc == -9:
-                    why += " (out of memory?)"
-                last = tail.splitlines()[-1] if tail else ""
-                r = {"estimator": name, "error": why + (f": {last}" if last else "")}
-            if "error" in r:
-                r["stderr_tail"] = tail
-                log.warning("%s: FAILED: %s", name, r["error"])
-            else:
-                log.info("%s: done in %.0f s; sigma_NMAD %.4f, outliers %.4f, PIT KS %.4f, CDE %.3f", name, wall,
-                         r["sigma_nmad"], r["outlier_rate"], r["pit_ks"], r["cdeloss"])
+            r, wall = run_worker([sys.executable, "-m", __name__, jpath, rpath], rpath, timeout, name=name,
+                                 identity={"estimator": name})
             r["subprocess_wall_s"] = wall
             results[name] = r
             if on_result is not None:
@@ -398,16 +430,14 @@ def compare(labelled: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], 
     return results
 
 
-def _cell(r: Mapping[str, Any] | None, key: str, fmt: str) -> str:
-    if r is None:
-        return "not run"
-    v = r.get(key)
-    if v is None:
+def format_cell(value: Any, fmt: str) -> str:
+    """A table cell: ``value`` formatted with ``fmt``, as text if it does not fit, "" if None."""
+    if value is None:
         return ""
     try:
-        return fmt.format(v)
+        return fmt.format(value)
     except (ValueError, TypeError):
-        return str(v)
+        return str(value)
 
 
 def markdown_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], estimators: Sequence[str],
@@ -428,9 +458,62 @@ def markdown_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], estim
                 msg = str(r["error"]).replace("|", "\\|").replace("\n", " ")
                 cells += ["failed: " + msg] + [""] * (len(columns) - 1)
             else:
-                cells += [_cell(r, k, f) for k, _, f in columns]
+                cells += ["not run" if r is None else format_cell(r.get(k), f) for k, _, f in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def compare_to_files(out: str, datasets: Iterable[tuple[str, Mapping[str, Any]]], *, estimators: Sequence[str],
+                     timeout: float, document: Callable[[dict], dict], markdown: Callable[[dict], str],
+                     results: dict[str, dict[str, dict]] | None = None) -> tuple[dict[str, dict[str, dict]], str, str]:
+    """:func:`compare` on each data set, ``out/compare.json`` and ``out/compare.md`` rewritten after
+    every estimator (so that partial results survive an interrupted run).
+
+    Parameters
+    ----------
+    out
+        Folder for the two files (made if need be).
+    datasets
+        ``(label, data)`` pairs, read one at a time (a generator can load each when its turn
+        comes); ``data`` holds ``labelled``, ``test``, ``unlabelled`` (or None), ``options`` and
+        ``stage_options``, the arguments of :func:`compare`.
+    estimators, timeout
+        As for :func:`compare`.
+    document
+        Label -> estimator -> result to the JSON document to write.
+    markdown
+        The same to the text of ``compare.md``.
+    results
+        Results to start from (e.g. of an earlier run); a new result replaces the old one of the
+        same data set and estimator.
+
+    Returns
+    -------
+    tuple
+        (label -> estimator -> result, path of compare.json, path of compare.md)
+    """
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    jpath, mpath = os.path.join(out, "compare.json"), os.path.join(out, "compare.md")
+    results = {} if results is None else results
+
+    def save() -> None:
+        with open(jpath, "w") as fh:
+            json.dump(document(results), fh, indent=1, default=_json_default)
+        with open(mpath, "w") as fh:
+            fh.write(markdown(results))
+
+    for label, d in datasets:
+        done = results.setdefault(label, {})
+
+        def on_result(name: str, r: dict, done: dict = done) -> None:
+            done[name] = r
+            save()
+
+        compare(d["labelled"], d["test"], unlabelled=d.get("unlabelled"), options=d["options"],
+                estimators=estimators, stage_options=d.get("stage_options"), timeout=timeout, on_result=on_result)
+    save()
+    return results, jpath, mpath
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Resource measurements for benchmarks."""
+"""Resource measurements for the benchmarks and the comparison harness."""
 
 from __future__ import annotations
 
