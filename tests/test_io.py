@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from photovaez.features import FeatureSpec, Scaler
-from photovaez.io import FORMAT_VERSION, ModelFileError, load_model, model_from_dict, model_to_dict, save_model
+from photovaez.io import (
+    FORMAT_VERSION,
+    ModelFileError,
+    atomic_write,
+    load_model,
+    model_from_dict,
+    model_to_dict,
+    save_model,
+)
 from photovaez.model import SDGM, ModelConfig
 from photovaez.train import TrainConfig
 
@@ -86,3 +94,20 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         save_model(bad, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    path = tmp_path / "sub" / "f.bin"  # the folder is created
+    with atomic_write(path) as fh:
+        fh.write(b"old")
+    assert path.read_bytes() == b"old"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_write(path) as fh:
+            fh.write(b"half of the new")
+            assert path.read_bytes() == b"old"  # nothing is visible at path until the block ends
+            raise RuntimeError("interrupted")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in path.parent.iterdir()] == ["f.bin"]  # the temporary file is gone
+    with atomic_write(str(path)) as fh:
+        fh.write(b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in path.parent.iterdir()] == ["f.bin"]

@@ -6,7 +6,19 @@ import torch
 
 from photovaez.features import FeatureSpec, affine_map, clean_photometry, fit_scaler
 from photovaez.model import SDGM, ModelConfig
-from photovaez.train import GradientSkipper, TrainConfig, TrainingArrays, resample_values, train_sdgm
+from photovaez.train import (
+    AffineFeatures,
+    GradientSkipper,
+    TensorArrays,
+    TrainConfig,
+    TrainingArrays,
+    TrainingState,
+    load_checkpoint,
+    resample_values,
+    save_checkpoint,
+    train_epoch,
+    train_sdgm,
+)
 
 SMALL = ModelConfig(dim_x=11, dim_a=3, dim_b=3, hidden=[16, 16])
 
@@ -87,7 +99,8 @@ def test_fixed_seed_reproduces_the_model(dc2_tables):
     for k in m1.state_dict():
         torch.testing.assert_close(m1.state_dict()[k], m2.state_dict()[k], rtol=0, atol=0)
     assert r1["history"] == r2["history"]
-    assert not torch.equal(m1.state_dict()["q_b_given_x_net.head.weight"], m3.state_dict()["q_b_given_x_net.head.weight"])
+    key = "q_b_given_x_net.head.weight"
+    assert not torch.equal(m1.state_dict()[key], m3.state_dict()[key])
 
 
 def test_split_alpha_and_early_stopping(dc2_tables):
@@ -162,6 +175,51 @@ def test_interrupted_training_resumes_to_the_same_model(dc2_tables, tmp_path, mo
     for key in ("n_steps", "n_skipped", "best_epoch", "best_val_loss", "epochs_run"):
         assert report[key] == ref_report[key], key
     assert not ckpt.exists()  # completed: the next run starts afresh
+
+
+def test_training_state_round_trips_through_its_state_dict(dc2_tables):
+    """An epoch run from a state rebuilt by load_state_dict (after a torch.save / torch.load trip,
+    as a checkpoint makes) gives the same weights, counters and generator state as one run from
+    the original state: the state dict holds all that an epoch depends on, random numbers included."""
+    import io
+
+    data, fmap = _data(dc2_tables)
+    cfg = _cfg(grad_skip_warmup=2)
+    device = torch.device("cpu")
+    arrays, features = TensorArrays.of(data, device), AffineFeatures.of(fmap, device)
+    state = TrainingState.create(SMALL, cfg, data, device)
+    state.end_epoch(train_epoch(state, arrays, features, 1.5, cfg), 1.0)
+    buf = io.BytesIO()
+    torch.save(state.state_dict(), buf)
+    state.end_epoch(train_epoch(state, arrays, features, 1.5, cfg), 0.5)
+
+    other = TrainingState.create(SMALL, _cfg(seed=99), data, device)  # other seed: all of it is overwritten
+    buf.seek(0)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert other.epoch == 1
+    other.end_epoch(train_epoch(other, arrays, features, 1.5, cfg), 0.5)
+    for k, v in state.model.state_dict().items():
+        assert torch.equal(other.model.state_dict()[k], v), k
+    assert other.history == state.history and other.epoch == state.epoch == 2
+    assert other.skipper.state_dict() == state.skipper.state_dict()
+    assert torch.equal(other.generator.get_state(), state.generator.get_state())
+    assert other.best.epoch == state.best.epoch == 1 and other.best.score == 0.5
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "train.pt")
+    save_checkpoint(path, {"key": "k", "epoch": 1})
+
+    def torch_save_dies_halfway(obj, fh):
+        fh.write(b"PK half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torch_save_dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"key": "k", "epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path, "k")["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["train.pt"]
 
 
 def test_checkpoint_of_other_settings_or_damaged_is_refused(dc2_tables, tmp_path, monkeypatch):

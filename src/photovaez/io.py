@@ -19,18 +19,20 @@ any other global (a class, a function) makes loading fail *before* anything is e
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import os
 import pickle
-import tempfile
-from typing import Any, Mapping
+import secrets
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from . import __version__
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "save_model", "load_model", "validate_model_dict",
-           "model_to_dict", "model_from_dict"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "atomic_write", "save_model", "load_model",
+           "validate_model_dict", "model_to_dict", "model_from_dict"]
 
 FORMAT = "photovaez-model"
 FORMAT_VERSION = 1
@@ -104,23 +106,60 @@ def validate_model_dict(d: Any, source: str = "model") -> dict:
     return d
 
 
-def save_model(d: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write a model dict atomically (temporary file in the same folder, fsync, rename)."""
-    d = validate_model_dict(_plain(d), str(path))
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Write a file atomically: an interruption leaves the previous file or the new one, never half.
+
+    The caller writes to the yielded binary handle, which is a temporary file in the same folder
+    (created with the usual permissions); when the ``with`` block ends normally it is flushed,
+    fsync'ed and renamed over ``path`` (``os.replace``).  If the block raises, the temporary file
+    is removed, ``path`` is left as it was and the exception propagates.  The folder is created if
+    needed.
+
+    Parameters
+    ----------
+    path
+        The file to write.
+
+    Yields
+    ------
+    BinaryIO
+        The open temporary file.
+
+    Examples
+    --------
+    >>> with atomic_write(path) as fh:  # doctest: +SKIP
+    ...     pickle.dump(obj, fh)
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pkl", dir=folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(d, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "xb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
         raise
+
+
+def save_model(d: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write a model dict atomically (:func:`atomic_write`), after checking it is one.
+
+    Parameters
+    ----------
+    d
+        The model dict (:func:`model_to_dict`); converted to plain data first.
+    path
+        Where to write it (a pickle, read back with :func:`load_model`).
+    """
+    d = validate_model_dict(_plain(d), str(path))
+    with atomic_write(path) as fh:
+        pickle.dump(d, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def loads_model(data: bytes, source: str = "model") -> dict:
@@ -164,7 +203,8 @@ def model_from_dict(d: Mapping[str, Any]):
     """Rebuild the PyTorch SDGM (CPU, eval mode) from a model dict."""
     import torch
 
-    from .model import SDGM, ModelConfig
+    from .config import ModelConfig
+    from .model import SDGM
 
     d = validate_model_dict(dict(d))
     model = SDGM(ModelConfig.from_dict(d["model_config"]))

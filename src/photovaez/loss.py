@@ -19,16 +19,14 @@ P for unlabelled) is an unbiased estimate of J / (N_s + N_p): :func:`batch_loss`
 
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 
 from .model import SDGM
 
 __all__ = ["alpha_weight", "labelled_terms", "unlabelled_terms", "batch_loss"]
 
-Terms = Dict[str, torch.Tensor]
-Noise = Dict[str, torch.Tensor]
+Terms = dict[str, torch.Tensor]
+Noise = dict[str, torch.Tensor]
 
 
 def alpha_weight(n_labelled: int, n_unlabelled: int) -> float:
@@ -49,6 +47,48 @@ def _draw(dist, eps: torch.Tensor | None) -> torch.Tensor:
     return dist.mean + dist.stddev * eps
 
 
+def _log_densities_given_z(model: SDGM, xs: torch.Tensor, b: torch.Tensor, z: torch.Tensor, q_a,
+                           a: torch.Tensor) -> Terms:
+    """The log-densities that S and P share, at one draw ``(b, z, a)`` (sample axis not yet averaged).
+
+    Parameters
+    ----------
+    model
+        The SDGM.
+    xs
+        Features expanded to (S, N, D_x).
+    b
+        Draws of q(b|x), (S, N, B).
+    z
+        Redshifts (S, N): the true ones (labelled) or draws of q(z|b,x) (unlabelled).
+    q_a, a
+        The encoder q(a|x,b,z) and its draws (S, N, A).
+
+    Returns
+    -------
+    dict of (S, N) tensors
+        ``log_p_x_given_abz`` (the decoder's log p(x|a,b,z), not the marginal log p(x) of
+        :func:`photovaez.posterior.log_px`), ``log_pb`` (log p(b|a,z)), ``log_pa``, ``log_pz`` and
+        ``log_qa`` (log q(a|x,b,z)).  The caller adds ``log_qb`` and ``log_qz``.
+    """
+    return {
+        "log_p_x_given_abz": model.p_x_given_abz(a, b, z).log_prob(xs),
+        "log_pb": model.p_b_given_az(a, z).log_prob(b),
+        "log_pa": model.p_a(a).log_prob(a),
+        "log_pz": model.p_z().log_prob(z),
+        "log_qa": q_a.log_prob(a),
+    }
+
+
+def _negative_log_ratio(t: Terms, q_terms: tuple[str, ...]) -> torch.Tensor:
+    """``-(log p(x|a,b,z) + log p(b|a,z) + log p(a) + log p(z) - sum of the q_terms)``, summed in
+    that order (the order fixes the floating-point result)."""
+    s = t["log_p_x_given_abz"] + t["log_pb"] + t["log_pa"] + t["log_pz"]
+    for k in q_terms:
+        s = s - t[k]
+    return -s
+
+
 def labelled_terms(
     model: SDGM,
     x: torch.Tensor,
@@ -59,39 +99,63 @@ def labelled_terms(
 ) -> Terms:
     """Per-galaxy terms of S~(x, z), each averaged over ``n_samples`` draws.
 
-    ``noise`` optionally fixes the standard-normal draws: ``{"b": (S, N, B), "a": (S, N, A)}``.
+    Parameters
+    ----------
+    model
+        The SDGM.
+    x
+        Standardised features (N, D_x).
+    z
+        True redshifts (N,).
+    alpha
+        Weight of the predictive term (:func:`alpha_weight`).
+    n_samples
+        Reparameterised draws per galaxy.
+    noise
+        Optional fixed standard-normal draws: ``{"b": (S, N, B), "a": (S, N, A)}``.
 
-    Returns a dict of (N,) tensors: the log-densities ``log_px`` (log p(x|a,b,z)), ``log_pb``,
-    ``log_pa``, ``log_pz``, ``log_qa``, ``log_qb``, ``log_qz`` (log q(z|b,x) at the true z),
-    and ``S`` and ``S_tilde``.
+    Returns
+    -------
+    dict of (N,) tensors
+        The log-densities ``log_p_x_given_abz`` (log p(x|a,b,z)), ``log_pb``, ``log_pa``,
+        ``log_pz``, ``log_qa``, ``log_qb`` and ``log_qz`` (log q(z|b,x) at the true z), and ``S``
+        and ``S_tilde``.
     """
     noise = noise or {}
     xs, zs = _expand(x, n_samples), _expand(z, n_samples)
     q_b = model.q_b_given_x(xs)
     b = _draw(q_b, noise.get("b"))
-    log_qb = q_b.log_prob(b)
+    log_qb = q_b.log_prob(b)  # the order the terms are built in fixes the gradient sums to the bit
     q_a = model.q_a_given_xbz(xs, b, zs)
     a = _draw(q_a, noise.get("a"))
-    t = {
-        "log_px": model.p_x_given_abz(a, b, zs).log_prob(xs),
-        "log_pb": model.p_b_given_az(a, zs).log_prob(b),
-        "log_pa": model.p_a(a).log_prob(a),
-        "log_pz": model.p_z().log_prob(zs),
-        "log_qa": q_a.log_prob(a),
-        "log_qb": log_qb,
-        "log_qz": model.q_z_given_bx(b, xs).log_prob(zs),
-    }
+    t = {**_log_densities_given_z(model, xs, b, zs, q_a, a), "log_qb": log_qb,
+         "log_qz": model.q_z_given_bx(b, xs).log_prob(zs)}
     t = {k: v.mean(0) for k, v in t.items()}
-    t["S"] = -(t["log_px"] + t["log_pb"] + t["log_pa"] + t["log_pz"] - t["log_qa"] - t["log_qb"])
+    t["S"] = _negative_log_ratio(t, ("log_qa", "log_qb"))
     t["S_tilde"] = t["S"] - alpha * t["log_qz"]
     return t
 
 
 def unlabelled_terms(model: SDGM, x: torch.Tensor, n_samples: int = 1, noise: Noise | None = None) -> Terms:
-    """Per-galaxy terms of P(x), each averaged over ``n_samples`` draws (dict of (N,) tensors).
+    """Per-galaxy terms of P(x), each averaged over ``n_samples`` draws.
 
-    ``noise`` optionally fixes the draws: ``{"b": (S, N, B), "z": (S, N), "a": (S, N, A)}``
-    (z = exp(mu + sigma * eps_z))."""
+    Parameters
+    ----------
+    model
+        The SDGM.
+    x
+        Standardised features (N, D_x).
+    n_samples
+        Reparameterised draws per galaxy.
+    noise
+        Optional fixed standard-normal draws: ``{"b": (S, N, B), "z": (S, N), "a": (S, N, A)}``
+        (z = exp(mu + sigma * eps_z)).
+
+    Returns
+    -------
+    dict of (N,) tensors
+        The log-densities of :func:`labelled_terms` (``log_qz`` at the drawn z) and ``P``.
+    """
     noise = noise or {}
     xs = _expand(x, n_samples)
     q_b = model.q_b_given_x(xs)
@@ -100,19 +164,9 @@ def unlabelled_terms(model: SDGM, x: torch.Tensor, n_samples: int = 1, noise: No
     z = q_z.rsample() if noise.get("z") is None else torch.exp(q_z.loc + q_z.scale * noise["z"])
     q_a = model.q_a_given_xbz(xs, b, z)
     a = _draw(q_a, noise.get("a"))
-    t = {
-        "log_px": model.p_x_given_abz(a, b, z).log_prob(xs),
-        "log_pb": model.p_b_given_az(a, z).log_prob(b),
-        "log_pa": model.p_a(a).log_prob(a),
-        "log_pz": model.p_z().log_prob(z),
-        "log_qa": q_a.log_prob(a),
-        "log_qb": q_b.log_prob(b),
-        "log_qz": q_z.log_prob(z),
-    }
+    t = {**_log_densities_given_z(model, xs, b, z, q_a, a), "log_qb": q_b.log_prob(b), "log_qz": q_z.log_prob(z)}
     t = {k: v.mean(0) for k, v in t.items()}
-    t["P"] = -(
-        t["log_px"] + t["log_pb"] + t["log_pa"] + t["log_pz"] - t["log_qa"] - t["log_qz"] - t["log_qb"]
-    )
+    t["P"] = _negative_log_ratio(t, ("log_qa", "log_qz", "log_qb"))
     return t
 
 

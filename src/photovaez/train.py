@@ -10,23 +10,26 @@ its magnitudes are resampled, ``m' = m + resample_scale * sigma_m * eps``, and t
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import os
+import re
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from .loss import alpha_weight, batch_loss
 from .config import ModelConfig, TrainConfig
+from .io import atomic_write
+from .loss import alpha_weight, batch_loss
 from .model import SDGM
 
-__all__ = ["TrainConfig", "TrainingArrays", "GradientSkipper", "resample_values", "resolve_device", "train_sdgm",
+__all__ = ["TrainConfig", "TrainingArrays", "TensorArrays", "AffineFeatures", "GradientSkipper", "BestModel",
+           "TrainingState", "resample_values", "resolve_device", "train_epoch", "validation_loss", "train_sdgm",
            "validation_split", "checkpoint_key", "save_checkpoint", "load_checkpoint"]
 
 log = logging.getLogger("photovaez")
@@ -50,7 +53,7 @@ class TrainingArrays:
     def __len__(self) -> int:
         return len(self.z)
 
-    def subset(self, idx: np.ndarray) -> "TrainingArrays":
+    def subset(self, idx: np.ndarray) -> TrainingArrays:
         return TrainingArrays(self.values[idx], self.errors[idx], self.z[idx], self.labelled[idx])
 
 
@@ -67,6 +70,54 @@ def resolve_device(device: str = "auto", rank: int | None = None) -> torch.devic
                 rank = int(os.environ[var])
                 break
     return torch.device(f"cuda:{(rank or 0) % torch.cuda.device_count()}")
+
+
+@dataclass(frozen=True)
+class TensorArrays:
+    """:class:`TrainingArrays` as float32 tensors on the training device.
+
+    Attributes
+    ----------
+    values, errors
+        Raw values and their errors (N, B+E).
+    z
+        Redshifts (N,); 1.0 where unlabelled (a placeholder the loss never reads).
+    labelled
+        Boolean mask (N,).
+    """
+
+    values: torch.Tensor
+    errors: torch.Tensor
+    z: torch.Tensor
+    labelled: torch.Tensor
+
+    @classmethod
+    def of(cls, data: TrainingArrays, device: torch.device) -> TensorArrays:
+        """Copy ``data`` to ``device``."""
+        f32 = dict(dtype=torch.float32, device=device)
+        return cls(torch.as_tensor(data.values, **f32), torch.as_tensor(data.errors, **f32),
+                   torch.as_tensor(np.where(data.labelled, data.z, 1.0), **f32),
+                   torch.as_tensor(data.labelled, device=device))
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+
+@dataclass(frozen=True)
+class AffineFeatures:
+    """The feature map ``x = v @ W + c`` (:func:`photovaez.features.affine_map`) on the device."""
+
+    W: torch.Tensor
+    c: torch.Tensor
+
+    @classmethod
+    def of(cls, feature_map: tuple[np.ndarray, np.ndarray], device: torch.device) -> AffineFeatures:
+        """``(W, c)`` as float32 tensors on ``device``."""
+        W, c = (torch.as_tensor(a, dtype=torch.float32, device=device) for a in feature_map)
+        return cls(W, c)
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        return values @ self.W + self.c
 
 
 class GradientSkipper:
@@ -121,7 +172,8 @@ class GradientSkipper:
         return self.n_skipped / max(self.n_steps, 1)
 
 
-def resample_values(values: torch.Tensor, errors: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+def resample_values(values: torch.Tensor, errors: torch.Tensor, scale: float,
+                    generator: torch.Generator) -> torch.Tensor:
     """Photometric-error resampling: ``v' = v + scale * sigma * eps``, eps ~ N(0, 1) per entry.
 
     Extra columns have zero error and stay put.  Features computed from ``v'`` with the affine map
@@ -156,7 +208,7 @@ def validation_split(data: TrainingArrays, fraction: float, seed: int) -> tuple[
 
 
 # ------------------------------------------------------------------------------------------------
-# checkpoints: the whole training state, so that a resumed run ends where an uninterrupted one does
+# checkpoints: the whole TrainingState, so that a resumed run ends where an uninterrupted one does
 
 CHECKPOINT_FORMAT = "photovaez-checkpoint-1"
 _NOT_IN_KEY = ("progress", "device", "checkpoint_path", "checkpoint_every", "calibrate")
@@ -180,20 +232,19 @@ def checkpoint_key(data: TrainingArrays, feature_map: tuple[np.ndarray, np.ndarr
 
 
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
-    """Write a training checkpoint atomically (a temporary file in the same folder, then
-    ``os.replace``): an interruption leaves the previous checkpoint or the new one, never half."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write a training checkpoint atomically (:func:`photovaez.io.atomic_write`): an interruption
+    leaves the previous checkpoint or the new one, never half.
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+    state
+        :meth:`TrainingState.state_dict` plus the ``key`` of :func:`checkpoint_key`; the format
+        tag is added here.
+    """
+    with atomic_write(path) as fh:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
 
 
 def load_checkpoint(path: str, key: str) -> dict[str, Any] | None:
@@ -221,6 +272,283 @@ def load_checkpoint(path: str, key: str) -> dict[str, Any] | None:
     return state
 
 
+# ------------------------------------------------------------------------------------------------
+# the training state and the steps that advance it
+
+_SCHEDULER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+
+
+class BestModel(NamedTuple):
+    """The best epoch so far, for early stopping.
+
+    Attributes
+    ----------
+    score
+        Its validation loss (its training loss when there is no validation set).
+    epoch
+        Its index, from 0 (-1: none yet).
+    weights
+        A copy of the model's ``state_dict`` after it (None: none yet).
+    """
+
+    score: float = math.inf
+    epoch: int = -1
+    weights: dict[str, torch.Tensor] | None = None
+
+
+def _empty_history() -> dict[str, list[float]]:
+    return {"train_loss": [], "val_loss": [], "lr": []}
+
+
+@dataclass
+class TrainingState:
+    """Everything a training run carries from one epoch to the next.
+
+    :meth:`state_dict` and :meth:`load_state_dict` hold all of it, random-number states included,
+    so that a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
+
+    Attributes
+    ----------
+    model
+        The network being trained, on ``device``.
+    optimizer
+        Adam over the model's parameters.
+    scheduler
+        The warm-up + cosine learning-rate schedule, advanced once per step (skipped or not).
+    generator
+        The CPU generator of the batch order and the photometric resampling.
+    skipper
+        Gradient skipping and its counters.
+    device
+        Where the model and the data live (not part of the state dict).
+    history
+        Per-epoch ``train_loss``, ``val_loss`` and ``lr``.
+    best
+        The best epoch so far.
+    epoch
+        Epochs completed.
+    """
+
+    model: SDGM
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    skipper: GradientSkipper
+    device: torch.device
+    history: dict[str, list[float]] = field(default_factory=_empty_history)
+    best: BestModel = field(default_factory=BestModel)
+    epoch: int = 0
+
+    @classmethod
+    def create(cls, model_config: ModelConfig, config: TrainConfig, train: TrainingArrays,
+               device: torch.device) -> TrainingState:
+        """The state before the first epoch, every random number seeded by ``config.seed``.
+
+        Parameters
+        ----------
+        model_config, config
+            Network and training settings.
+        train
+            The training rows (they set the redshift scale and the steps per epoch).
+        device
+            Where to train.
+        """
+        torch.manual_seed(config.seed)
+        model = SDGM(model_config)
+        logz = np.log(train.z[train.labelled])
+        model.set_redshift_scale(float(logz.mean()), float(max(logz.std(), 0.05)))
+        model.to(device)
+        steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        schedule = _lr_lambda(config.epochs * steps_per_epoch, config.lr_warmup_epochs * steps_per_epoch,
+                              config.lr_final_fraction)
+        return cls(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                   torch.Generator(device="cpu").manual_seed(config.seed),
+                   GradientSkipper(config.grad_skip_threshold, config.grad_skip_factor, config.grad_skip_warmup),
+                   device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state as tensors and plain containers (for :func:`save_checkpoint`); the
+        global torch (and CUDA) random-number states are included."""
+        cuda = self.device.type == "cuda"
+        return {
+            "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+            "skipper": self.skipper.state_dict(), "history": self.history, "best_score": self.best.score,
+            "best_epoch": self.best.epoch, "best_state": self.best.weights,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (e.g. :func:`load_checkpoint`'s), random-number states included."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.skipper.load_state_dict(state["skipper"])
+        self.history = state["history"]
+        self.best = BestModel(state["best_score"], state["best_epoch"], state["best_state"])
+        self.epoch = int(state["epoch"])
+
+    def step(self, loss: torch.Tensor) -> bool:
+        """One optimiser step on ``loss``, unless :attr:`skipper` rejects its gradient norm (or the
+        loss is not finite); the schedule advances either way.  True if the update was applied."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, math.inf))
+        else:
+            norm = math.nan
+        accepted = self.skipper.accept(norm)
+        if accepted:
+            self.optimizer.step()
+        with warnings.catch_warnings():  # the schedule advances on skipped steps too, by design
+            warnings.filterwarnings("ignore", message=_SCHEDULER_WARNING)
+            self.scheduler.step()
+        return accepted
+
+    def end_epoch(self, train_loss: float, val_loss: float) -> None:
+        """Record a finished epoch: its losses and last learning rate, and its weights if best."""
+        self.history["train_loss"].append(train_loss)
+        self.history["val_loss"].append(val_loss)
+        self.history["lr"].append(float(self.scheduler.get_last_lr()[0]))
+        score = val_loss if math.isfinite(val_loss) else train_loss
+        if score < self.best.score:
+            self.best = BestModel(score, self.epoch, copy.deepcopy(self.model.state_dict()))
+        self.epoch += 1
+
+    def should_stop(self, config: TrainConfig) -> bool:
+        """Early stopping: ``config.patience`` epochs without a better score, after ``config.min_epochs``."""
+        return self.epoch >= config.min_epochs and self.epoch - 1 - self.best.epoch >= config.patience
+
+    def checkpoint_due(self, config: TrainConfig) -> bool:
+        """A checkpoint is written every ``config.checkpoint_every`` epochs, but not after the last."""
+        return bool(config.checkpoint_path) and self.epoch % config.checkpoint_every == 0 and self.epoch < config.epochs
+
+    def best_model(self) -> SDGM:
+        """The model with the best weights restored, on the CPU, in eval mode."""
+        if self.best.weights is not None:
+            self.model.load_state_dict(self.best.weights)
+        return self.model.to("cpu").eval()
+
+
+def train_epoch(state: TrainingState, data: TensorArrays, features: AffineFeatures, alpha: float,
+                config: TrainConfig) -> float:
+    """One pass over the training rows in a random order (mini-batches, resampled photometry).
+
+    Parameters
+    ----------
+    state
+        Advanced in place: weights, optimiser, schedule, generator, skip counters.
+    data
+        The training rows on the device.
+    features
+        The feature map.
+    alpha
+        :func:`photovaez.loss.alpha_weight` of the training rows.
+    config
+        Batch size, resampling and Monte-Carlo settings.
+
+    Returns
+    -------
+    float
+        The mean loss per galaxy over the applied (not skipped) steps.
+    """
+    state.model.train()
+    perm = torch.randperm(len(data), generator=state.generator).to(state.device)
+    total, n = 0.0, 0
+    for s in range(0, len(data), config.batch_size):
+        idx = perm[s : s + config.batch_size]
+        v = data.values[idx]
+        if config.resample:
+            v = resample_values(v, data.errors[idx], config.resample_scale, state.generator)
+        loss, _ = batch_loss(state.model, features(v), data.z[idx], data.labelled[idx], alpha, config.n_mc_train)
+        if state.step(loss):
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+    return total / max(n, 1)
+
+
+def validation_loss(model: SDGM, data: TensorArrays, features: AffineFeatures, alpha: float, seed: int,
+                    n_samples: int = 4, chunk: int = 4096) -> float:
+    """The loss per galaxy on held-out rows, with its own seeded draws (the global random-number
+    state is left as it was); NaN when there are none.
+
+    Parameters
+    ----------
+    model
+        The network (its mode is left as it is).
+    data
+        The validation rows on the device.
+    features
+        The feature map.
+    alpha
+        :func:`photovaez.loss.alpha_weight` of the training rows.
+    seed
+        Seeds the Monte-Carlo draws, the same every epoch.
+    n_samples
+        Monte-Carlo samples per galaxy.
+    chunk
+        Rows per forward pass.
+    """
+    if len(data) == 0:
+        return math.nan
+    device = data.values.device
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        total = 0.0
+        for s in range(0, len(data), chunk):
+            sl = slice(s, s + chunk)
+            loss, _ = batch_loss(model, features(data.values[sl]), data.z[sl], data.labelled[sl], alpha, n_samples)
+            total += float(loss) * (min(s + chunk, len(data)) - s)
+    return total / len(data)
+
+
+def _epoch_bar(start: int, config: TrainConfig) -> Iterable[int]:
+    """The remaining epoch indices, behind a tqdm bar if ``config.progress`` and tqdm is there."""
+    epochs = range(start, config.epochs)
+    if not config.progress:
+        return epochs
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return epochs
+    return tqdm(epochs, desc="PhotoVAEz training", initial=start, total=config.epochs)
+
+
+def _report(state: TrainingState, train: TrainingArrays, val_idx: np.ndarray, alpha: float,
+            t0: float) -> dict[str, Any]:
+    """The report of :func:`train_sdgm`, logged."""
+    skipper = state.skipper
+    if skipper.skipped_fraction > 1e-4:
+        log.warning("gradient skipping: %d of %d steps skipped (%.4f %%), above the 0.01 %% aim",
+                    skipper.n_skipped, skipper.n_steps, 100 * skipper.skipped_fraction)
+    report = {
+        "history": state.history,
+        "best_epoch": int(state.best.epoch + 1),
+        "best_val_loss": float(state.best.score),
+        "epochs_run": state.epoch,
+        "n_steps": skipper.n_steps,
+        "n_skipped": skipper.n_skipped,
+        "n_nonfinite": skipper.n_nonfinite,
+        "skipped_fraction": skipper.skipped_fraction,
+        "n_labelled": int(train.labelled.sum()),
+        "n_unlabelled": int((~train.labelled).sum()),
+        "n_validation": len(val_idx),
+        "validation_index": val_idx,
+        "alpha": alpha,
+        "device": str(state.device),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    log.info("trained %d epochs in %.1f s (best %d, val loss %.4f, %d/%d steps skipped)", state.epoch,
+             report["wall_time_s"], report["best_epoch"], state.best.score, skipper.n_skipped, skipper.n_steps)
+    return report
+
+
 def train_sdgm(
     data: TrainingArrays,
     feature_map: tuple[np.ndarray, np.ndarray],
@@ -244,158 +572,37 @@ def train_sdgm(
         The trained network with the best validation loss, on the CPU, in eval mode.
     report
         Training history and counters: per-epoch ``train_loss`` / ``val_loss``, ``best_epoch``,
-        ``n_steps``, ``n_skipped``, ``skipped_fraction``, ``alpha``, ``wall_time_s``, ...
+        ``n_steps``, ``n_skipped``, ``skipped_fraction``, ``alpha``, ``validation_index`` (the
+        held-out rows of ``data``), ``wall_time_s``, ...
     """
     t0 = time.perf_counter()
     if data.labelled.sum() == 0:
         raise ValueError("training needs at least one labelled galaxy (a finite redshift > 0)")
-    torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     train_idx, val_idx = validation_split(data, config.validation_fraction, config.seed)
-    tr, va = data.subset(train_idx), data.subset(val_idx)
-    n_s, n_p = int(tr.labelled.sum()), int((~tr.labelled).sum())
-    alpha = alpha_weight(n_s, n_p)
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    alpha = alpha_weight(int(train.labelled.sum()), int((~train.labelled).sum()))
+    state = TrainingState.create(model_config, config, train, device)
+    features = AffineFeatures.of(feature_map, device)
+    train_t, val_t = TensorArrays.of(train, device), TensorArrays.of(val, device)
 
-    model = SDGM(model_config)
-    logz = np.log(tr.z[tr.labelled])
-    model.set_redshift_scale(float(logz.mean()), float(max(logz.std(), 0.05)))
-    model.to(device)
-
-    f32 = dict(dtype=torch.float32, device=device)
-    W, c = (torch.as_tensor(a, **f32) for a in feature_map)
-
-    def tensors(d: TrainingArrays):
-        z = np.where(d.labelled, d.z, 1.0)  # placeholder, never used for unlabelled rows
-        return (
-            torch.as_tensor(d.values, **f32),
-            torch.as_tensor(d.errors, **f32),
-            torch.as_tensor(z, **f32),
-            torch.as_tensor(d.labelled, device=device),
-        )
-
-    v_tr, e_tr, z_tr, l_tr = tensors(tr)
-    v_va, e_va, z_va, l_va = tensors(va)
-
-    steps_per_epoch = max(1, math.ceil(len(tr) / config.batch_size))
-    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        _lr_lambda(config.epochs * steps_per_epoch, config.lr_warmup_epochs * steps_per_epoch, config.lr_final_fraction),
-    )
-    skipper = GradientSkipper(config.grad_skip_threshold, config.grad_skip_factor, config.grad_skip_warmup)
-    gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def val_loss() -> float:
-        if len(va) == 0:
-            return math.nan
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(config.seed + 1)
-            total = 0.0
-            for s in range(0, len(va), 4096):
-                sl = slice(s, s + 4096)
-                loss, _ = batch_loss(model, v_va[sl] @ W + c, z_va[sl], l_va[sl], alpha, 4)
-                total += float(loss) * (min(s + 4096, len(va)) - s)
-        return total / len(va)
-
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
-    best = (math.inf, -1, None)
-    epochs_run = start_epoch = 0
-    ckpt_key = checkpoint_key(data, feature_map, model_config, config) if config.checkpoint_path else ""
-    state = load_checkpoint(config.checkpoint_path, ckpt_key) if config.checkpoint_path else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        skipper.load_state_dict(state["skipper"])
-        history = state["history"]
-        best = (state["best_score"], state["best_epoch"], state["best_state"])
-        epochs_run = start_epoch = int(state["epoch"])
-        log.info("resuming training from %s after epoch %d", config.checkpoint_path, start_epoch)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    epochs = range(start_epoch, config.epochs)
-    bar = tqdm(epochs, desc="PhotoVAEz training", disable=not config.progress, initial=start_epoch,
-               total=config.epochs) if tqdm else epochs
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(len(tr), generator=gen).to(device)
-        ep_loss, ep_n = 0.0, 0
-        for s in range(0, len(tr), config.batch_size):
-            idx = perm[s : s + config.batch_size]
-            v = v_tr[idx]
-            if config.resample:
-                v = resample_values(v, e_tr[idx], config.resample_scale, gen)
-            loss, _ = batch_loss(model, v @ W + c, z_tr[idx], l_tr[idx], alpha, config.n_mc_train)
-            opt.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
-                loss.backward()
-                norm = float(torch.nn.utils.clip_grad_norm_(params, math.inf))
-            else:
-                norm = math.nan
-            if skipper.accept(norm):
-                opt.step()
-                ep_loss += float(loss.detach()) * len(idx)
-                ep_n += len(idx)
-            with warnings.catch_warnings():  # the schedule advances on skipped steps too, by design
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-                sched.step()
-        epochs_run = epoch + 1
-        vl = val_loss()
-        history["train_loss"].append(ep_loss / max(ep_n, 1))
-        history["val_loss"].append(vl)
-        history["lr"].append(float(sched.get_last_lr()[0]))
-        score = vl if math.isfinite(vl) else history["train_loss"][-1]
-        if score < best[0]:
-            best = (score, epoch, copy.deepcopy(model.state_dict()))
-        if tqdm and config.progress:
-            bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{vl:.3f}", best=best[1])
-        if epoch + 1 >= config.min_epochs and epoch - best[1] >= config.patience:
-            log.info("early stopping at epoch %d (best %d)", epoch + 1, best[1] + 1)
+    key = checkpoint_key(data, feature_map, model_config, config) if config.checkpoint_path else ""
+    saved = load_checkpoint(config.checkpoint_path, key) if config.checkpoint_path else None
+    if saved is not None:
+        state.load_state_dict(saved)
+        log.info("resuming training from %s after epoch %d", config.checkpoint_path, state.epoch)
+    bar = _epoch_bar(state.epoch, config)
+    for _ in bar:
+        train_loss = train_epoch(state, train_t, features, alpha, config)
+        val_loss = validation_loss(state.model, val_t, features, alpha, config.seed + 1)
+        state.end_epoch(train_loss, val_loss)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", best=state.best.epoch)
+        if state.should_stop(config):
+            log.info("early stopping at epoch %d (best %d)", state.epoch, state.best.epoch + 1)
             break
-        if config.checkpoint_path and (epoch + 1) % config.checkpoint_every == 0 and epoch + 1 < config.epochs:
-            save_checkpoint(config.checkpoint_path, {
-                "key": ckpt_key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "skipper": skipper.state_dict(), "history": history, "best_score": best[0],
-                "best_epoch": best[1], "best_state": best[2],
-            })
+        if state.checkpoint_due(config):
+            save_checkpoint(config.checkpoint_path, {"key": key, **state.state_dict()})
     if config.checkpoint_path and os.path.exists(config.checkpoint_path):
         os.remove(config.checkpoint_path)  # training completed: a later run starts afresh
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    model.to("cpu").eval()
-    if skipper.skipped_fraction > 1e-4:
-        log.warning(
-            "gradient skipping: %d of %d steps skipped (%.4f %%), above the 0.01 %% aim",
-            skipper.n_skipped, skipper.n_steps, 100 * skipper.skipped_fraction,
-        )
-    report = {
-        "history": history,
-        "best_epoch": int(best[1] + 1),
-        "best_val_loss": float(best[0]),
-        "epochs_run": epochs_run,
-        "n_steps": skipper.n_steps,
-        "n_skipped": skipper.n_skipped,
-        "n_nonfinite": skipper.n_nonfinite,
-        "skipped_fraction": skipper.skipped_fraction,
-        "n_labelled": n_s,
-        "n_unlabelled": n_p,
-        "n_validation": int(len(va)),
-        "validation_index": val_idx,
-        "alpha": alpha,
-        "device": str(device),
-        "wall_time_s": time.perf_counter() - t0,
-    }
-    log.info(
-        "trained %d epochs in %.1f s (best %d, val loss %.4f, %d/%d steps skipped)",
-        epochs_run, report["wall_time_s"], report["best_epoch"], best[0], skipper.n_skipped, skipper.n_steps,
-    )
-    return model, report
+    return state.best_model(), _report(state, train, val_idx, alpha, t0)
