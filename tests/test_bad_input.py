@@ -15,8 +15,8 @@ import itertools
 import numpy as np
 import pytest
 import tables_io
-
 from rail.core.data import TableHandle
+
 from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
 
 BANDS = [f"mag_{b}_lsst" for b in "ugrizy"]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import qp
 import tables_io
-
 from rail.core.data import TableHandle
 from rail.core.enums import DistributionType
+
 from rail.estimation.algos.photovaez import (
     PhotoVAEzEstimator,
     PhotoVAEzInformer,

@@ -8,8 +8,9 @@ Tables are anything with named columns: a dict of arrays, a pandas DataFrame, an
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .train import TrainConfig, TrainingArrays, train_sdgm
 
 __all__ = ["labelled_mask", "fit", "Predictor", "load_predictor", "estimate"]
 
-log = logging.getLogger("photovaez")
+log = logging.getLogger(__name__)
 
 
 def _n_rows(table: Mapping[str, Any]) -> int:

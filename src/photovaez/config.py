@@ -20,8 +20,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["option", "Option", "options", "Config", "ModelConfig", "TrainConfig", "EstimateConfig", "ACTIVATIONS"]
 

@@ -23,7 +23,8 @@ snis       self-normalised importance sampling of (z, a, b) from the encoder    
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 

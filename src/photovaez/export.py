@@ -26,8 +26,9 @@ mean's shape when it is shared (``per_dim_variance=False``).  Networks that take
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -15,8 +15,9 @@ limiting magnitude, with error ``nondetect_err``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -170,11 +171,11 @@ class Photometry:
         """``v = [mags, extras]`` (N, B + E), the vector the feature map acts on."""
         return np.concatenate([self.mags, self.extras], axis=1)
 
-    def subset(self, idx: np.ndarray) -> "Photometry":
+    def subset(self, idx: np.ndarray) -> Photometry:
         return Photometry(self.mags[idx], self.errs[idx], self.extras[idx], self.nondetect[idx], self.bad_error[idx])
 
     @staticmethod
-    def concatenate(parts: "list[Photometry]") -> "Photometry":
+    def concatenate(parts: list[Photometry]) -> Photometry:
         """The rows of several tables, in order."""
         return Photometry(*(np.concatenate(arrays) for arrays in zip(
             *((p.mags, p.errs, p.extras, p.nondetect, p.bad_error) for p in parts))))
@@ -292,7 +293,7 @@ class Scaler:
         return {"mean": np.asarray(self.mean, np.float64), "std": np.asarray(self.std, np.float64)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Scaler":
+    def from_dict(cls, d: Mapping[str, Any]) -> Scaler:
         return cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64))
 
 

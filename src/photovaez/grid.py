@@ -15,7 +15,8 @@ __all__ = ["redshift_grid", "cell_edges", "normalise", "normalise_log", "point_e
 def redshift_grid(zmin: float, zmax: float, nzbins: int) -> np.ndarray:
     """RAIL's grid: ``np.linspace(zmin, zmax, nzbins)``."""
     if not zmax > zmin or nzbins < 2:
-        raise ValueError(f"invalid redshift grid: zmin={zmin}, zmax={zmax}, nzbins={nzbins} (need zmax > zmin, nzbins >= 2)")
+        raise ValueError(f"invalid redshift grid: zmin={zmin}, zmax={zmax}, nzbins={nzbins} "
+                         "(need zmax > zmin, nzbins >= 2)")
     return np.linspace(zmin, zmax, nzbins)
 
 

@@ -47,7 +47,7 @@ __all__ = [
 CATASTROPHIC_EZ = 0.15
 NMAD_SCALE = 1.4826
 
-log = logging.getLogger("photovaez")
+log = logging.getLogger(__name__)
 
 
 def _is_ensemble(obj: Any) -> bool:

@@ -8,10 +8,11 @@ component ``N(u; loc, scale^2)`` contributes its probability between the log cel
 cell width, so narrow PDFs keep their mass on a coarse grid.
 
 The masses are computed in float32 with JAX without cancellation, so that they keep their
-relative precision (about 1e-5 against a float64 evaluation, in the tails too) and a galaxy's PDF does not depend on the batch it is computed in:
-a cell whose width (in units of the component's scale) times ``1 + |t|`` at its centre is below
-1/4 by Simpson's rule on the normal density, a wider one as the difference of the normal CDF in whichever tail is
-small (``Phi(b) - Phi(a)`` below the median, ``Phi(-a) - Phi(-b)`` above it).
+relative precision (about 1e-5 against a float64 evaluation, in the tails too) and a galaxy's
+PDF does not depend on the batch it is computed in: a cell whose width (in units of the
+component's scale) times ``1 + |t|`` at its centre is below 1/4 by Simpson's rule on the normal
+density, a wider one as the difference of the normal CDF in whichever tail is small
+(``Phi(b) - Phi(a)`` below the median, ``Phi(-a) - Phi(-b)`` above it).
 """
 
 from __future__ import annotations

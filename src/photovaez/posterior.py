@@ -33,14 +33,16 @@ galaxies are processed in chunks padded to a fixed size so that each function co
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
+from scipy.special import logsumexp as scipy_logsumexp
 
 from .export import (
     log_normal_diag,
@@ -52,8 +54,6 @@ from .export import (
     q_b_given_x,
     q_z_given_bx,
 )
-from scipy.special import logsumexp as scipy_logsumexp
-
 from .grid import cdf_on_grid, normalise, normalise_log
 from .mixture import kde_on_grid
 
@@ -161,14 +161,16 @@ def kish_ess(log_w: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
 # --------------------------------------------------------------------------------------------
 # Chunking helpers
 # --------------------------------------------------------------------------------------------
+def _pad_last(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` (1-d, non-empty) padded to ``size`` with its last element: one compiled shape per call site."""
+    return np.concatenate([a, np.full(size - len(a), a[-1])]) if len(a) < size else a
+
+
 def _chunks(n: int, size: int):
     """(start, indices padded to ``size`` with the last row, number of real rows)."""
     for s in range(0, n, size):
         idx = np.arange(s, min(n, s + size))
-        real = len(idx)
-        if real < size:
-            idx = np.concatenate([idx, np.full(size - real, idx[-1])])
-        yield s, idx, real
+        yield s, _pad_last(idx, size), len(idx)
 
 
 def _as_x(x: np.ndarray, params: Params) -> np.ndarray:
@@ -320,17 +322,14 @@ def grid_posterior(
     key = jax.random.PRNGKey(seed)
     zj = jnp.asarray(zgrid, dt)
     for s, idx, real in _chunks(G, cg):
-        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx + index_offset), jnp.asarray(x[idx], dt), int(n_importance))
         xc = jnp.asarray(x[idx], dt)
+        b, log_qb, eps_a = _setup_chunk(params, key, jnp.asarray(idx + index_offset), xc, int(n_importance))
         gi, zi = np.nonzero(mask[s : s + real])
         if len(gi) == 0:
             continue
         for p0 in range(0, len(gi), n_pairs):
-            g_blk, z_blk = gi[p0 : p0 + n_pairs], zi[p0 : p0 + n_pairs]
-            m = len(g_blk)
-            if m < n_pairs:
-                g_blk = np.concatenate([g_blk, np.full(n_pairs - m, g_blk[-1])])
-                z_blk = np.concatenate([z_blk, np.full(n_pairs - m, z_blk[-1])])
+            m = len(gi[p0 : p0 + n_pairs])
+            g_blk, z_blk = _pad_last(gi[p0 : p0 + n_pairs], n_pairs), _pad_last(zi[p0 : p0 + n_pairs], n_pairs)
             lj, ess = _pairs(params, xc, b, log_qb, eps_a, jnp.asarray(g_blk), zj[z_blk])
             L[s + g_blk[:m], z_blk[:m]] = np.asarray(lj, np.float64)[:m]
             K[s + g_blk[:m], z_blk[:m]] = np.asarray(ess, np.float64)[:m]
@@ -529,7 +528,7 @@ def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, k
 
 @dataclass
 class LogPx:
-    """IWAE log p(x) per galaxy and the Kish ESS of its K weights."""
+    """IWAE log p(x) per galaxy and the Kish ESS of its N weights."""
 
     log_px: np.ndarray
     kish_ess: np.ndarray
@@ -537,9 +536,9 @@ class LogPx:
 
 def log_px(params: Params, x: np.ndarray, n_importance: int = 256, seed: int = 0,
            max_rows: int = DEFAULT_MAX_ROWS, index_offset: int = 0) -> LogPx:
-    """IWAE estimate ``log (1/K) sum_k p(x, z_k, a_k, b_k) / q(z_k, a_k, b_k | x)`` per galaxy.
+    """IWAE estimate ``log (1/N) sum_k p(x, z_k, a_k, b_k) / q(z_k, a_k, b_k | x)`` per galaxy.
 
-    (b, z, a) ~ q(b|x) q(z|b,x) q(a|x,b,z).  A lower bound in expectation, tight as K grows;
+    (b, z, a) ~ q(b|x) q(z|b,x) q(a|x,b,z).  A lower bound in expectation, tight as N grows;
     used as the outlier score (low log p(x): photometry unlike the training data).
 
     Parameters
@@ -547,7 +546,7 @@ def log_px(params: Params, x: np.ndarray, n_importance: int = 256, seed: int = 0
     x
         Standardised features (G, D_x).
     n_importance
-        K samples per galaxy.
+        N samples per galaxy.
     """
     lpx, ess, _, _ = _proposal(params, x, n_importance, seed, max_rows, keep_samples=False,
                                index_offset=index_offset)

@@ -32,7 +32,7 @@ __all__ = ["TrainConfig", "TrainingArrays", "TensorArrays", "AffineFeatures", "G
            "TrainingState", "resample_values", "resolve_device", "train_epoch", "validation_loss", "train_sdgm",
            "validation_split", "checkpoint_key", "save_checkpoint", "load_checkpoint"]
 
-log = logging.getLogger("photovaez")
+log = logging.getLogger(__name__)
 
 
 @dataclass

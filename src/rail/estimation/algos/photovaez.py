@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 from ceci.config import StageParameter as Param
-
 from rail.core.common_params import SHARED_PARAMS
 from rail.core.data import ModelHandle, TableHandle, TableLike
 from rail.core.enums import DistributionType
@@ -468,6 +467,7 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
 
     def _process_chunk(self, start: int, end: int, data: Any, first: bool) -> None:
         import qp
+
         from photovaez.api import estimate
         from photovaez.estimation import mode_settings
 
