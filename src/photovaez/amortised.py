@@ -46,6 +46,10 @@ def q_z_given_x_components(
         Number N of b samples in the mixture.
     seed
         Fixes the b draws (shared by all galaxies).
+    batch_size
+        Galaxies per network call.
+    device
+        Where the networks run (``cpu``, ``cuda``, ``cuda:k``).
     """
     device = torch.device(device)
     model = model.to(device)
@@ -61,30 +65,12 @@ def q_z_given_x_components(
     return loc, scale
 
 
-def q_z_given_x_on_grid(
-    model: SDGM,
-    x: np.ndarray,
-    zgrid: np.ndarray,
-    n_b: int = 16,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
+def q_z_given_x_on_grid(model: SDGM, x: np.ndarray, zgrid: np.ndarray, n_b: int = 16, seed: int = 0,
+                        device: str | torch.device = "cpu") -> np.ndarray:
     """Densities of the amortised q(z|x) at the grid points (cell averages), (N, len(zgrid)).
 
-    Parameters
-    ----------
-    model
-        A trained SDGM.
-    x
-        Standardised features (N, D_x).
-    zgrid
-        Redshift grid (RAIL's ``linspace(zmin, zmax, nzbins)``).
-    n_b
-        Number N of b samples in the mixture.
-    seed
-        Fixes the b draws.
-    device
-        Where the networks run.
+    ``model``, ``x``, ``n_b``, ``seed`` and ``device`` are those of :func:`q_z_given_x_components`;
+    ``zgrid`` is the redshift grid (RAIL's ``linspace(zmin, zmax, nzbins)``).
     """
     loc, scale = q_z_given_x_components(model, x, n_b=n_b, seed=seed, device=device)
     return lognormal_mixture_on_grid(loc, scale, zgrid)

@@ -66,6 +66,14 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+def _finish(fig: Figure, ax: Any, title: str | None) -> Figure:
+    """Set the optional title on ``ax`` and lay the figure out."""
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def _zpoint(zgrid, pdfs, zpoint) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     zg, dens = as_grid_pdfs(zgrid, pdfs)
     if zpoint is None:
@@ -119,10 +127,7 @@ def figure_zphot_zspec(
     ax.set_ylim(*lim)
     ax.set_xlabel("$z_{spec}$ (true)")
     ax.set_ylabel("$z_{phot}$ (point estimate)")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def figure_pit_hist(
@@ -146,10 +151,7 @@ def figure_pit_hist(
     ax.set_xlabel("PIT = CDF($z_{true}$)")
     ax.set_ylabel("density")
     ax.legend(loc="upper center", fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def figure_pit_qq(
@@ -202,10 +204,7 @@ def figure_nz(
     ax.set_xlabel("redshift z")
     ax.set_ylabel("n(z) (normalised)")
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def _figure_binned(x, zp, zt, bins, xlabel, title) -> Figure:
@@ -227,10 +226,7 @@ def _figure_binned(x, zp, zt, bins, xlabel, title) -> Figure:
     ax2.set_xlabel(xlabel)
     ax2.set_xlim(b["edges"][0], b["edges"][-1])
     ax2.legend(fontsize=7)
-    if title:
-        ax1.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax1, title)
 
 
 def figure_metrics_vs_mag(
@@ -377,10 +373,7 @@ def figure_outlier_scores(
     ax.set_xlabel(f"log p(x) - {ref:.1f} (clean median; symmetric-log axis, linear within {scale:.2g})")
     ax.set_ylabel("fraction of galaxies per bin")
     ax.legend(fontsize=8, loc="upper left")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -271,11 +271,7 @@ class GridPosterior:
 
 
 def grid_posterior(
-    params: Params,
-    x: np.ndarray,
-    zgrid: np.ndarray,
-    n_importance: int = 256,
-    seed: int = 0,
+    params: Params, x: np.ndarray, zgrid: np.ndarray, n_importance: int = 256, seed: int = 0,
     support: np.ndarray | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     chunk_galaxies: int = 256,
@@ -401,10 +397,7 @@ class HMCPosterior:
 
 
 def hmc_posterior(
-    params: Params,
-    x: np.ndarray,
-    zgrid: np.ndarray,
-    n_importance: int = 64,
+    params: Params, x: np.ndarray, zgrid: np.ndarray, n_importance: int = 64,
     num_warmup: int = 300,
     num_samples: int = 500,
     max_tree_depth: int = 6,
