@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -140,17 +139,14 @@ def markdown(meta: dict, results: dict, estimators: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    from dc2 import SCENARIOS, parse_scenarios
+    from dc2 import SCENARIOS, parse_scenarios, scenario_parser
 
     from rail.photovaez.compare import ESTIMATORS, compare_to_files, installed_estimators, run_order
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = scenario_parser(__doc__)
     ap.add_argument("--estimators", nargs="+", default=None,
                     help=f"estimators to run (default: every installed one of {list(ESTIMATORS)}); "
                          "comma-separated lists are accepted")
-    ap.add_argument("--scenarios", nargs="+", default=None,
-                    help=f"scenarios (default: {SCENARIOS}, sdss only when its data are there)")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per estimator and scenario")
     ap.add_argument("--out", default=DEFAULT_OUT, help="folder for compare.json and compare.md")
     ap.add_argument("--photovaez-epochs", dest="photovaez_epochs", type=int, default=None,

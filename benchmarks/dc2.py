@@ -90,6 +90,16 @@ def _sdss_tables() -> tuple[dict, dict]:
     return read("SDSS_MGS.train"), read("SDSS_MGS.test")
 
 
+def scenario_parser(doc: str) -> argparse.ArgumentParser:
+    """The argument parser of a scenario benchmark (described by the first paragraph of ``doc``)
+    with its ``--scenarios`` option, which :func:`parse_scenarios` reads."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", nargs="+", default=None,
+                    help=f"scenarios to run (default: {SCENARIOS}, sdss only when {SDSS_DIR} exists); "
+                         "comma-separated lists are accepted")
+    return ap
+
+
 def parse_scenarios(ap: argparse.ArgumentParser, items: list[str] | None) -> list[str]:
     """Scenario names from ``--scenarios`` (space- or comma-separated); default: every scenario,
     ``sdss`` only when its data are there.  Unknown names are a parser error."""
@@ -169,7 +179,7 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
 
     t0 = time.perf_counter()
     predictor = api.load_predictor(model_dict)
-    pdfs, ancil = api.estimate(predictor, d["test"], d["zgrid"], n_b=n_b, seed=seed)
+    pdfs, ancil = api.estimate(predictor, d["test"], d["zgrid"], n_samples=n_b, seed=seed)
     estimate_s = time.perf_counter() - t0
     rss = peak_rss_mb()
 
@@ -286,11 +296,7 @@ def write_markdown(path: str, meta: dict, results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", nargs="+", default=None,
-                    help=f"scenarios to run (default: {SCENARIOS}, sdss only when {SDSS_DIR} exists); "
-                         "comma-separated lists are accepted")
+    ap = scenario_parser(__doc__)
     ap.add_argument("--epochs", type=int, default=None,
                     help="maximum training epochs (default: photovaez.train.TrainConfig().epochs)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="output folder for dc2.json, dc2.md, figures/")
@@ -355,7 +361,7 @@ def main(argv=None) -> int:
             if args.save_models:
                 cmd += ["--save-models", os.path.abspath(args.save_models)]
             r, wall = run_worker(cmd, rfile, args.timeout, name=name, identity={"scenario": name})
-            if "error" in r:
+            if r.get("stderr_tail"):
                 logging.info("%s", r["stderr_tail"])
             r["subprocess_wall_s"] = wall
             return name, r

@@ -112,14 +112,17 @@ def main() -> None:
     cpu_pdfs, _ = api.estimate(pred, sub, zgrid, device="cpu")
     report(step="agree_amortized_cpu_gpu", n=1000, max_cdf_diff=cdf_diff(zgrid, cpu_pdfs, pdfs[:1000]))
 
+    def posterior(predictor, table, mode, n_importance, **settings):
+        return api.estimate(predictor, table, zgrid, mode=mode, n_samples=n_importance, **settings)
+
     modes = [("grid", dict(n_importance=64, support_tol=1e-4), args.n_posterior),
              ("snis", dict(n_importance=256), args.n_posterior),
              ("hmc", dict(n_importance=16, num_warmup=150, num_samples=300, max_tree_depth=5), args.n_hmc)]
     for mode, kw, n in modes:
         warm = {k: v[:64] for k, v in cat.items()}
-        api.estimate_posterior(pred, warm, zgrid, mode=mode, **kw)  # compile
+        posterior(pred, warm, mode, **kw)  # compile
         t0 = time.perf_counter()
-        pp, anc = api.estimate_posterior(pred, {k: v[:n] for k, v in cat.items()}, zgrid, mode=mode, **kw)
+        pp, anc = posterior(pred, {k: v[:n] for k, v in cat.items()}, mode, **kw)
         dt = time.perf_counter() - t0
         extra = {}
         if mode == "hmc":
@@ -128,10 +131,10 @@ def main() -> None:
 
     # JAX grid posterior on the CPU vs the GPU, same galaxies and noise
     small = {k: v[:200] for k, v in cat.items()}
-    g_gpu, _ = api.estimate_posterior(pred, small, zgrid, mode="grid", n_importance=64, support_tol=1e-4)
+    g_gpu, _ = posterior(pred, small, "grid", n_importance=64, support_tol=1e-4)
     with jax.default_device(jax.devices("cpu")[0]):
         pred_cpu = api.load_predictor(model)
-        g_cpu, _ = api.estimate_posterior(pred_cpu, small, zgrid, mode="grid", n_importance=64, support_tol=1e-4)
+        g_cpu, _ = posterior(pred_cpu, small, "grid", n_importance=64, support_tol=1e-4)
     report(step="agree_grid_cpu_gpu", n=200, max_cdf_diff=cdf_diff(zgrid, g_cpu, g_gpu))
 
 

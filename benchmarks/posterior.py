@@ -77,22 +77,26 @@ def cdf_distance(zgrid: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.abs(cdf_on_grid(zgrid, p) - cdf_on_grid(zgrid, q)).max(1)
 
 
+def n_samples(mode: str, args) -> int:
+    """b draws (amortised) or importance samples per galaxy of a mode."""
+    return {"amortised": args.n_amortised, "grid": args.n_grid, "hmc": args.n_hmc, "snis": args.n_snis}[mode]
+
+
 def run_mode(mode: str, predictor, table, zgrid, args) -> tuple[np.ndarray, dict, float, float]:
     from photovaez import api
 
-    if mode == "amortised":
-        def call():
-            return api.estimate(predictor, table, zgrid, n_b=args.n_amortised, seed=args.seed)
-    else:
-        settings = {
-            "grid": dict(n_importance=args.n_grid, support_tol=args.support_tol),
-            "hmc": dict(n_importance=args.n_hmc, num_warmup=args.num_warmup, num_samples=args.num_samples,
-                        max_tree_depth=args.max_tree_depth),
-            "snis": dict(n_importance=args.n_snis),
-        }[mode]
-        def call():
-            return api.estimate_posterior(predictor, table, zgrid, mode=mode, seed=args.seed,
-                                          n_importance_px=args.n_px, **settings)
+    settings = {
+        "amortised": {},
+        "grid": dict(support_tol=args.support_tol),
+        "hmc": dict(num_warmup=args.num_warmup, num_samples=args.num_samples, max_tree_depth=args.max_tree_depth),
+        "snis": {},
+    }[mode]
+    n_log_px = None if mode == "amortised" else args.n_px  # the amortised PDFs come without log p(x)
+
+    def call():
+        return api.estimate(predictor, table, zgrid, mode=mode, n_samples=n_samples(mode, args), n_log_px=n_log_px,
+                            seed=args.seed, **settings)
+
     t0 = time.perf_counter()
     pdfs, ancil = call()
     first = time.perf_counter() - t0
@@ -153,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         pdfs_by_mode[mode] = pdfs
         secs = warm if np.isfinite(warm) else first
         r = {"seconds_first_call": first, "seconds_warm_call": warm, "galaxies_per_second": args.n_galaxies / secs}
-        r["n_importance"] = {"amortised": args.n_amortised, "grid": args.n_grid, "hmc": args.n_hmc,
-                             "snis": args.n_snis}[mode]
+        r["n_importance"] = n_samples(mode, args)
         r.update({k: v for k, v in evaluate(zgrid, pdfs, ztrue, zpoint=ancil["zmode"]).items()})
         if "log_px" in ancil:
             r["log_px_median"] = float(np.median(ancil["log_px"]))
