@@ -16,6 +16,11 @@ plugin) stays cheap.
 
 Configuration notes
 -------------------
+* The options of the networks, the training and the estimation are the fields of the core's
+  :class:`photovaez.config.ModelConfig`, :class:`~photovaez.config.TrainConfig` and
+  :class:`~photovaez.config.EstimateConfig`, declared there once with their help text
+  (:func:`_params_from`); the stages add the feature options and RAIL's own.  The informer's
+  ``zmin``, ``zmax``, ``nzbins`` (RAIL's shared informer options) are the model's redshift range.
 * Column options (``bands``, ``err_bands``, ``ref_band``, ``mag_limits``, ``nondetect_val``,
   ``redshift_col``, ``replace_error_vals``) are RAIL's shared parameters, so catalogue tags
   (``rail.utils.catalog_utils.apply_defaults``) change them.
@@ -354,7 +359,7 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
 class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
     """Photo-z PDFs from a trained PhotoVAEz model on ``linspace(zmin, zmax, nzbins)``.
 
-    ``posterior`` picks the estimator:
+    ``posterior`` picks the estimator, one of :data:`photovaez.estimation.MODES`:
 
     * ``amortized`` (default): q(z|x), a mixture of ``n_b_samples`` log-normals q(z|b_k, x),
       b_k ~ q(b|x); the b draws are fixed by ``seed`` and shared by all galaxies.
