@@ -1,8 +1,10 @@
 """photovaez.metrics against independent references (closed forms, scipy, numpy by hand)."""
 
+import warnings
+
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import integrate, stats
 
 from photovaez import metrics as M
 
@@ -73,6 +75,14 @@ def test_cde_loss_closed_form():
     exact = np.mean(1.0 / (2.0 * np.sqrt(np.pi) * sigma)) - 2.0 * np.mean(stats.norm.pdf(ztrue, mu, sigma))
     assert M.cde_loss(zgrid, pdfs, ztrue) == pytest.approx(exact, abs=2e-3)
     assert M.evaluate(zgrid, pdfs, ztrue)["cdeloss"] == pytest.approx(exact, abs=2e-3)
+    scaled = pdfs * rng.uniform(0.1, 10.0, n)[:, None]  # any scale: normalised on the grid first
+    assert M.cde_loss(zgrid, scaled, ztrue) == pytest.approx(exact, abs=2e-3)
+    # on a coarse grid: qp's discretisation, trapezoid of p^2 and p at the grid point nearest z_true
+    coarse = zgrid[::60]
+    pc = pdfs[:, ::60] / integrate.trapezoid(pdfs[:, ::60], coarse, axis=1)[:, None]
+    nearest = np.abs(coarse[None, :] - ztrue[:, None]).argmin(1)
+    discrete = np.mean(integrate.trapezoid(pc**2, coarse, axis=1)) - 2 * np.mean(pc[np.arange(n), nearest])
+    assert M.cde_loss(coarse, pdfs[:, ::60], ztrue) == pytest.approx(discrete, rel=1e-9)
     # narrower correct PDFs have lower (better) loss than wider ones around the same truths
     wide = gaussian_pdfs(zgrid, mu, 3 * sigma)
     assert M.cde_loss(zgrid, wide, ztrue) > M.cde_loss(zgrid, pdfs, ztrue)
@@ -86,8 +96,8 @@ def test_point_metrics_on_planted_dz():
     e[:200] = rng.choice([-1, 1], 200) * rng.uniform(0.2, 0.5, 200)  # planted outliers
     zphot = ztrue + e * (1 + ztrue)
     m = M.point_metrics(zphot, ztrue)
-    ez = (zphot - ztrue) / (1 + ztrue)
-    np.testing.assert_allclose(ez, e, atol=1e-12)
+    np.testing.assert_allclose(M.ez(zphot, ztrue), e, atol=1e-12)  # the planted errors
+    np.testing.assert_allclose(M.ez(zphot[None, :10].tolist(), ztrue[:10]), e[:10], atol=1e-12)  # flattened
     q75, q25 = np.percentile(e, [75, 25])
     s_iqr = (q75 - q25) / 1.349
     assert m["sigma_iqr"] == pytest.approx(s_iqr, rel=1e-9)
@@ -98,6 +108,9 @@ def test_point_metrics_on_planted_dz():
     assert m["catastrophic_fraction"] == pytest.approx(200 / n)
     # the robust widths see the core (0.03), not the outliers
     assert 0.027 < m["sigma_nmad"] < 0.034
+    with pytest.raises(ValueError):
+        M.point_metrics(zphot[:-1], ztrue)
+    assert all(np.isnan(v) for v in M.point_metrics(zphot[:0], ztrue[:0]).values())
 
 
 def test_outlier_rate_uses_floor_of_006():
@@ -137,20 +150,43 @@ def test_evaluate_drops_nonfinite_truths_and_checks_shapes(calibrated):
         M.evaluate(ZGRID[:-1], pdfs, ztrue)
 
 
+def by_hand(e):
+    """Point metrics of planted ez values with numpy (the LSST definitions)."""
+    q75, q25 = np.percentile(e, [75, 25])
+    s_iqr = (q75 - q25) / 1.349
+    return {"sigma_iqr": s_iqr, "bias": np.median(e), "outlier_rate": np.mean(np.abs(e) > max(0.06, 3 * s_iqr)),
+            "sigma_nmad": 1.4826 * np.median(np.abs(e - np.median(e))),
+            "catastrophic_fraction": np.mean(np.abs(e) > 0.15)}
+
+
 def test_binned_point_metrics():
     rng = np.random.default_rng(5)
     n = 3000
     mag = rng.uniform(20, 25, n)
     ztrue = rng.uniform(0.1, 2.0, n)
-    width = 0.01 * (mag - 19)  # scatter grows with magnitude
-    zphot = ztrue + rng.normal(0, width) * (1 + ztrue)
-    b = M.binned_point_metrics(mag, zphot, ztrue, bins=np.array([20, 21, 22, 23, 24, 25.0]))
-    assert b["count"].sum() == n
+    e = rng.normal(0, 0.01 * (mag - 19))  # scatter grows with magnitude
+    e[:60] = rng.choice([-1, 1], 60) * rng.uniform(0.2, 0.4, 60)
+    zphot = ztrue + e * (1 + ztrue)
+    mag[-6:] = [19.0, 26.0, np.nan, 21.5, 22.0, 25.0]  # outside the edges, NaN, on an edge (the upper one)
+    zphot[-3] = np.nan  # a NaN point estimate
+    edges = np.array([20, 21, 22, 23, 24, 25.0])
+    b = M.binned_point_metrics(mag, zphot, ztrue, bins=edges)
+    np.testing.assert_array_equal(b["edges"], edges)
+    np.testing.assert_allclose(b["centers"], [20.5, 21.5, 22.5, 23.5, 24.5])
+    ok = np.isfinite(mag) & np.isfinite(zphot)
+    np.testing.assert_array_equal(b["count"], np.histogram(mag[ok], bins=edges)[0])
+    for j in range(5):
+        upper = mag <= edges[j + 1] if j == 4 else mag < edges[j + 1]  # the last bin includes its upper edge
+        sel = ok & (mag >= edges[j]) & upper
+        for k, v in by_hand(e[sel]).items():
+            assert b[k][j] == pytest.approx(v, rel=1e-9, abs=1e-15), (j, k)
     assert np.all(np.diff(b["sigma_nmad"]) > 0)
-    sel = (mag >= 22) & (mag < 23)
-    assert b["sigma_nmad"][2] == pytest.approx(M.point_metrics(zphot[sel], ztrue[sel])["sigma_nmad"])
+    # equal-count bins on the quantiles; bins with fewer than min_count galaxies give NaN
     bq = M.binned_point_metrics(mag, zphot, ztrue, bins=4)
-    assert len(bq["centers"]) == 4 and abs(bq["count"].min() - n / 4) <= 2
+    np.testing.assert_allclose(bq["edges"], np.quantile(mag[ok], np.linspace(0, 1, 5)))
+    assert len(bq["centers"]) == 4 and abs(bq["count"].min() - ok.sum() / 4) <= 2
+    few = M.binned_point_metrics(mag, zphot, ztrue, bins=np.array([20, 20.01, 25]), min_count=10)
+    assert few["count"][0] < 10 and np.isnan(few["sigma_nmad"][0]) and np.isfinite(few["sigma_nmad"][1])
 
 
 def test_pit_outlier_rate_is_the_fraction_of_extreme_pit_values():
@@ -159,3 +195,60 @@ def test_pit_outlier_rate_is_the_fraction_of_extreme_pit_values():
     u = np.random.default_rng(3).uniform(0.01, 0.99, 200)
     u[:3], u[3:5] = 0.0, 1.0  # 5 of 200 outside [1e-4, 0.9999]
     assert pit_metrics(u)["pit_outlier_rate"] == pytest.approx(5 / 200)
+
+
+def test_pit_metrics_match_scipy():
+    rng = np.random.default_rng(2)
+    for n in (500, 60):  # 60 < 100: qp's PIT grid has one point per value
+        pit = rng.beta(2.0, 2.0, n)  # not uniform
+        m = M.pit_metrics(pit)
+        ks, cvm = stats.kstest(pit, "uniform"), stats.cramervonmises(pit, "uniform")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ad = stats.anderson_ksamp([pit, np.linspace(0.0, 1.0, n)])
+            ad_p = getattr(ad, "pvalue", ad.significance_level)
+        u = np.sort(pit)
+        i = np.arange(1, n + 1)
+        assert m["pit_ks"] == pytest.approx(np.max(np.maximum(i / n - u, u - (i - 1) / n)), rel=1e-12)
+        assert m["pit_ks"] == pytest.approx(ks.statistic, rel=1e-12)
+        assert m["pit_ks_pvalue"] == pytest.approx(ks.pvalue, rel=1e-9)
+        assert m["pit_cvm"] == pytest.approx(cvm.statistic, rel=1e-9)
+        assert m["pit_cvm_pvalue"] == pytest.approx(cvm.pvalue, rel=1e-9)
+        assert m["pit_ad"] == pytest.approx(ad.statistic, rel=1e-6)
+        assert m["pit_ad_significance"] == pytest.approx(ad_p, rel=1e-6)
+        assert m["pit_outlier_rate"] == 0.0
+
+
+def test_pit_values_outside_the_grid_and_of_an_ensemble():
+    zgrid = np.linspace(0.2, 3.0, 281)
+    rng = np.random.default_rng(8)
+    mu = rng.uniform(0.8, 1.5, 30)
+    ztrue = rng.normal(mu, 0.1)
+    ztrue[:2] = [0.1, 3.5]  # below and above the grid
+    pdfs = gaussian_pdfs(zgrid, mu, np.full(30, 0.1))
+    pit = M.pit_values(zgrid, pdfs, ztrue)
+    assert pit[0] == 0.0 and pit[1] == 1.0
+    np.testing.assert_allclose(pit[2:], stats.norm.cdf(ztrue[2:], mu[2:], 0.1), atol=2e-3)
+    np.testing.assert_allclose(M.pit_values(None, M.to_ensemble(zgrid, pdfs), ztrue), pit, atol=1e-12)
+
+
+def test_evaluate_against_planted_point_errors_and_analytic_pit(calibrated):
+    mu, sigma, ztrue, pdfs = calibrated
+    rng = np.random.default_rng(9)
+    e = rng.normal(0.005, 0.02, len(ztrue))
+    e[:40] = 0.3  # catastrophic
+    zpoint = ztrue + e * (1 + ztrue)
+    zt = ztrue.copy()
+    zt[::200] = np.nan  # left out, with their point estimates
+    m = M.evaluate(ZGRID, pdfs, zt, zpoint=zpoint)
+    keep = np.isfinite(zt)
+    assert m["n"] == keep.sum() and m["n_dropped"] == len(zt) - keep.sum() == 8
+    for k, v in by_hand(e[keep]).items():
+        assert m[k] == pytest.approx(v, rel=1e-9, abs=1e-15), k
+    # the PDF metrics: of the analytic PIT (KS to the grid's precision) and the closed-form CDE loss
+    pit = stats.norm.cdf(ztrue[keep], mu[keep], sigma[keep])
+    assert m["pit_ks"] == pytest.approx(stats.kstest(pit, "uniform").statistic, abs=3e-3)
+    assert m["pit_cvm"] == pytest.approx(stats.cramervonmises(pit, "uniform").statistic, rel=0.02)
+    exact = np.mean(1.0 / (2.0 * np.sqrt(np.pi) * sigma[keep])) - 2.0 * np.mean(
+        stats.norm.pdf(ztrue[keep], mu[keep], sigma[keep]))
+    assert m["cdeloss"] == pytest.approx(exact, abs=1e-2)  # p(z_true) at the nearest of points 0.005 apart

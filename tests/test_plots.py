@@ -1,13 +1,15 @@
-"""photovaez.plots: each function writes a sensible PNG and its figure has sensible axes."""
+"""photovaez.plots: the drawn data against numpy / scipy computations of the inputs, and PNGs that decode."""
 
+import re
+
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import integrate, stats
 
 from photovaez import metrics as M
 from photovaez import plots as P
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZGRID = np.linspace(0.0, 3.0, 301)
 
 
@@ -23,70 +25,143 @@ def sample():
     return pdfs, ztrue, mag, mu
 
 
-def check_png(path, tmp_path):
+def check_png(path, tmp_path, fig):
+    """The file is a PNG that decodes to the figure's size in pixels and is not blank."""
     assert str(path).startswith(str(tmp_path))
-    with open(path, "rb") as fh:
-        data = fh.read()
-    assert data[:8] == PNG_SIGNATURE
-    assert 2_000 < len(data) < 200_000
+    img = mpimg.imread(path)
+    width, height = np.round(fig.get_size_inches() * P.DPI).astype(int)
+    assert img.shape[:2] == (height, width) and img.shape[2] in (3, 4)
+    assert np.std(img[..., :3]) > 0.05
+
+
+def last_numbers(text):
+    """The last number on each line of a text."""
+    return [float(re.findall(r"[-+]?\d+\.?\d*", line)[-1]) for line in text.splitlines()]
+
+
+def step_heights(poly):
+    """(left edges, right edges, heights) of the bins of a step histogram drawn as a polygon."""
+    xy = poly.get_xy()
+    seg = [(x0, x1, y0) for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:]) if y0 == y1 and x1 > x0]
+    lo, hi, h = np.array(seg).T
+    return lo, hi, h
 
 
 def test_zphot_zspec(sample, tmp_path):
     pdfs, ztrue, mag, mu = sample
-    fig = P.figure_zphot_zspec(ZGRID, pdfs, ztrue)
+    zp = mu.copy()
+    zp[:3] = [2.9, 0.05, 1.5]  # a few catastrophic outliers
+    fig = P.figure_zphot_zspec(ZGRID, pdfs, ztrue, zpoint=zp, bins=60)
     ax = fig.axes[0]
     assert ax.get_xlim() == pytest.approx((0.0, 3.0)) and ax.get_ylim() == pytest.approx((0.0, 3.0))
-    assert "spec" in ax.get_xlabel() and "phot" in ax.get_ylabel()
-    check_png(P.plot_zphot_zspec(ZGRID, pdfs, ztrue, tmp_path / "a" / "zz.png"), tmp_path)
+    # the colour mesh holds the 2-D histogram (x = z_true, y = z_phot); empty cells masked (cmin = 1)
+    counts, _, _ = np.histogram2d(ztrue, zp, bins=60, range=[(0.0, 3.0), (0.0, 3.0)])
+    mesh = ax.collections[0].get_array()
+    np.testing.assert_array_equal(np.ma.filled(mesh, 0.0).reshape(60, 60), counts.T)
+    assert np.ma.count(mesh) == np.count_nonzero(counts)
+    # the legend's metrics of ez = (zp - zt) / (1 + zt), by hand
+    e = (zp - ztrue) / (1 + ztrue)
+    q75, q25 = np.percentile(e, [75, 25])
+    ref = [len(ztrue), 1.4826 * np.median(np.abs(e - np.median(e))), np.median(e),
+           np.mean(np.abs(e) > max(0.06, 3 * (q75 - q25) / 1.349)), np.mean(np.abs(e) > 0.15)]
+    np.testing.assert_allclose(last_numbers(ax.texts[0].get_text()), ref, atol=5e-4)  # printed to 3-4 decimals
+    check_png(P.plot_zphot_zspec(ZGRID, pdfs, ztrue, tmp_path / "a" / "zz.png", zpoint=zp, bins=60), tmp_path, fig)
 
 
-def test_pit_hist_and_qq(sample, tmp_path):
+def test_pit_hist(sample, tmp_path):
     pdfs, ztrue, mag, mu = sample
+    pit = np.random.default_rng(1).beta(2.0, 2.0, 700)
+    fig = P.figure_pit_hist(None, None, None, bins=20, pit=pit)
+    ax = fig.axes[0]
+    bars = ax.patches[:20]
+    ref, edges = np.histogram(pit, bins=20, range=(0, 1), density=True)
+    np.testing.assert_allclose([b.get_height() for b in bars], ref, rtol=1e-12)
+    np.testing.assert_allclose([b.get_x() for b in bars], edges[:-1], atol=1e-12)
+    ks = [last_numbers(t.get_text())[0] for t in ax.get_legend().get_texts() if "KS" in t.get_text()][0]
+    assert ks == pytest.approx(stats.kstest(pit, "uniform").statistic, abs=5e-5)
+    # from PDFs: the histogram of their PIT values, close to that of the analytic Gaussian CDFs
     fig = P.figure_pit_hist(ZGRID, pdfs, ztrue, bins=20)
-    ax = fig.axes[0]
-    assert ax.get_xlim() == pytest.approx((0.0, 1.0))
-    assert "PIT" in ax.get_xlabel()
-    heights = [p.get_height() for p in ax.patches if hasattr(p, "get_height")][:20]
-    assert np.mean(heights) == pytest.approx(1.0, rel=0.05)  # density of ~uniform PIT
-    check_png(P.plot_pit_hist(ZGRID, pdfs, ztrue, tmp_path / "pit.png"), tmp_path)
+    heights = np.array([b.get_height() for b in fig.axes[0].patches[:20]])
+    np.testing.assert_allclose(heights, np.histogram(M.pit_values(ZGRID, pdfs, ztrue), 20, (0, 1), density=True)[0])
+    exact = np.histogram(stats.norm.cdf(ztrue, mu, 0.05 * (1 + mu)), 20, (0, 1))[0]
+    assert np.abs(heights * len(ztrue) / 20 - exact).sum() <= 0.02 * len(ztrue)  # PIT within ~1e-3
+    check_png(P.plot_pit_hist(ZGRID, pdfs, ztrue, tmp_path / "pit.png", bins=20), tmp_path, fig)
 
-    fig = P.figure_pit_qq(ZGRID, pdfs, ztrue)
-    ax = fig.axes[0]
+
+def test_pit_qq(sample, tmp_path):
+    pdfs, ztrue, mag, mu = sample
+    pit = np.random.default_rng(2).beta(2.0, 2.0, 700)
+    fig = P.figure_pit_qq(None, None, None, n_quantiles=51, pit=pit)
+    ax, ax2 = fig.axes
     assert ax.get_xlim() == pytest.approx((0.0, 1.0)) and ax.get_ylim() == pytest.approx((0.0, 1.0))
-    x, y = ax.lines[1].get_data()  # the PIT quantile curve: close to the diagonal
-    assert np.max(np.abs(np.asarray(y) - np.asarray(x))) < 0.1
-    check_png(P.plot_pit_qq(ZGRID, pdfs, ztrue, tmp_path / "qq.png"), tmp_path)
+    q = np.linspace(0, 1, 51)
+    x, y = ax.lines[1].get_data()
+    np.testing.assert_allclose(x, q)
+    np.testing.assert_allclose(y, np.percentile(pit, 100 * q), rtol=1e-12)
+    x2, dy = ax2.lines[1].get_data()
+    np.testing.assert_allclose(dy, np.percentile(pit, 100 * q) - q, atol=1e-12)
+    fig = P.figure_pit_qq(ZGRID, pdfs, ztrue)
+    np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(),
+                               np.percentile(stats.norm.cdf(ztrue, mu, 0.05 * (1 + mu)), np.linspace(0, 100, 101)),
+                               atol=3e-3)  # the PIT of grid PDFs within ~1e-3 of the analytic one
+    check_png(P.plot_pit_qq(ZGRID, pdfs, ztrue, tmp_path / "qq.png"), tmp_path, fig)
 
 
 def test_nz(sample, tmp_path):
     pdfs, ztrue, mag, mu = sample
-    fig = P.figure_nz(ZGRID, pdfs, ztrue)
+    scaled = pdfs * np.random.default_rng(3).uniform(0.5, 2.0, len(pdfs))[:, None]  # normalised inside
+    fig = P.figure_nz(ZGRID, scaled, ztrue, bins=30)
     ax = fig.axes[0]
     assert ax.get_xlim() == pytest.approx((0.0, 3.0))
     zg, stacked = ax.lines[0].get_data()
-    assert np.trapezoid(stacked, zg) == pytest.approx(1.0, abs=1e-6)
-    check_png(P.plot_nz(ZGRID, pdfs, ztrue, tmp_path / "nz.png"), tmp_path)
+    np.testing.assert_allclose(zg, ZGRID)
+    mean_pdf = np.mean(scaled / integrate.trapezoid(scaled, ZGRID, axis=1)[:, None], axis=0)
+    np.testing.assert_allclose(stacked, mean_pdf, rtol=1e-9, atol=1e-12)
+    # the true n(z): a filled step histogram with density of the true redshifts
+    ref, edges = np.histogram(ztrue, bins=30, range=(0.0, 3.0), density=True)
+    lo, hi, h = step_heights(ax.patches[0])
+    np.testing.assert_allclose(lo, edges[:-1], atol=1e-12)
+    np.testing.assert_allclose(h, ref, rtol=1e-12)
+    check_png(P.plot_nz(ZGRID, scaled, ztrue, tmp_path / "nz.png", bins=30), tmp_path, fig)
 
 
 def test_binned_metric_plots(sample, tmp_path):
     pdfs, ztrue, mag, mu = sample
-    fig = P.figure_metrics_vs_mag(ZGRID, pdfs, ztrue, mag, bins=5, mag_label="i")
+    fig = P.figure_metrics_vs_mag(ZGRID, pdfs, ztrue, mag, bins=5, zpoint=mu, mag_label="i")
     ax1, ax2 = fig.axes[:2]
     assert ax2.get_xlabel() == "i"
     assert ax2.get_xlim()[0] == pytest.approx(mag.min()) and ax2.get_xlim()[1] == pytest.approx(mag.max())
-    y = ax1.lines[0].get_ydata()
-    assert len(y) == 5 and np.all((y > 0.01) & (y < 0.1))  # sigma_NMAD ~ 0.05 in every bin
-    check_png(P.plot_metrics_vs_mag(ZGRID, pdfs, ztrue, mag, tmp_path / "mag.png"), tmp_path)
-    fig = P.figure_metrics_vs_z(ZGRID, pdfs, ztrue, bins=np.linspace(0, 3, 7))
+    # sigma_NMAD and the catastrophic fraction in 5 equal-count magnitude bins, by hand
+    edges = np.quantile(mag, np.linspace(0, 1, 6))
+    idx = np.clip(np.searchsorted(edges, mag, side="right") - 1, 0, 4)
+    e = (mu - ztrue) / (1 + ztrue)
+    nmad = [1.4826 * np.median(np.abs(e[idx == j] - np.median(e[idx == j]))) for j in range(5)]
+    cat = [np.mean(np.abs(e[idx == j]) > 0.15) for j in range(5)]
+    np.testing.assert_allclose(ax1.lines[0].get_xdata(), 0.5 * (edges[1:] + edges[:-1]))
+    np.testing.assert_allclose(ax1.lines[0].get_ydata(), nmad, rtol=1e-9)
+    np.testing.assert_allclose(ax2.lines[1].get_ydata(), cat, rtol=1e-9)
+    check_png(P.plot_metrics_vs_mag(ZGRID, pdfs, ztrue, mag, tmp_path / "mag.png", bins=5, zpoint=mu,
+                                    mag_label="i"), tmp_path, fig)
+    fig = P.figure_metrics_vs_z(ZGRID, pdfs, ztrue, bins=np.linspace(0, 3, 7), zpoint=mu, by="zphot")
     assert fig.axes[1].get_xlim() == pytest.approx((0.0, 3.0))
-    check_png(P.plot_metrics_vs_z(ZGRID, pdfs, ztrue, tmp_path / "z.png", by="zphot"), tmp_path)
+    sel = (mu >= 1.0) & (mu < 1.5)  # third bin, binned by the point estimate
+    assert fig.axes[0].lines[0].get_ydata()[2] == pytest.approx(
+        1.4826 * np.median(np.abs(e[sel] - np.median(e[sel]))), rel=1e-9)
+    check_png(P.plot_metrics_vs_z(ZGRID, pdfs, ztrue, tmp_path / "z.png", bins=np.linspace(0, 3, 7), zpoint=mu,
+                                  by="zphot"), tmp_path, fig)
 
 
 def test_accepts_qp_ensemble(sample, tmp_path):
     pdfs, ztrue, mag, mu = sample
     ens = M.to_ensemble(ZGRID, pdfs, ancil={"zmode": mu})
-    check_png(P.plot_zphot_zspec(None, ens, ztrue, tmp_path / "ens_zz.png"), tmp_path)
-    check_png(P.plot_pit_hist(None, ens, ztrue, tmp_path / "ens_pit.png"), tmp_path)
+    fig = P.figure_zphot_zspec(None, ens, ztrue, bins=60)  # grid from the ensemble, zmode from its ancil
+    counts = np.histogram2d(ztrue, mu, bins=60, range=[(0.0, 3.0), (0.0, 3.0)])[0]
+    np.testing.assert_array_equal(np.ma.filled(fig.axes[0].collections[0].get_array(), 0.0).reshape(60, 60), counts.T)
+    check_png(P.plot_zphot_zspec(None, ens, ztrue, tmp_path / "ens_zz.png", bins=60), tmp_path, fig)
+    fig = P.figure_pit_hist(None, ens, ztrue, bins=20)
+    np.testing.assert_allclose([b.get_height() for b in fig.axes[0].patches[:20]],
+                               np.histogram(M.pit_values(ZGRID, pdfs, ztrue), 20, (0, 1), density=True)[0])
+    check_png(P.plot_pit_hist(None, ens, ztrue, tmp_path / "ens_pit.png"), tmp_path, fig)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,8 +224,8 @@ def test_latent_embeddings_plot(tiny_model, tmp_path):
         np.testing.assert_allclose(pts.get_array(), z)  # coloured by the given redshift
     assert "q(b|x)" in ax_b.get_title() and "q(a|x,b,z)" in ax_a.get_title()
     assert "true" in fig.axes[2].get_ylabel()
-    check_png(P.plot_latent_embeddings(d, test, tmp_path / "lat" / "latent.png", ztrue=z), tmp_path)
-    check_png(P.plot_latent_embeddings(d, test, tmp_path / "latent_zmode.png"), tmp_path)
+    check_png(P.plot_latent_embeddings(d, test, tmp_path / "lat" / "latent.png", ztrue=z), tmp_path, fig)
+    check_png(P.plot_latent_embeddings(d, test, tmp_path / "latent_zmode.png"), tmp_path, fig)
 
 
 def _brute_auroc(clean, corrupted):
@@ -173,13 +248,17 @@ def test_rank_auroc_matches_pairwise_count():
 def test_outlier_scores_plot(tmp_path):
     rng = np.random.default_rng(5)
     clean, corrupted = rng.normal(-10, 1, 500), rng.normal(-16, 3, 200)
-    auc = _brute_auroc(clean, corrupted)
+    clean[:2], corrupted[:3] = np.nan, np.nan  # left out
     fig = P.figure_outlier_scores(clean, corrupted, bins=30)
     ax = fig.axes[0]
-    assert "log p(x)" in ax.get_xlabel() and ax.get_ylabel() == "density"
-    assert ax.get_xlim() == pytest.approx((min(clean.min(), corrupted.min()), max(clean.max(), corrupted.max())))
-    texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert f"AUROC = {auc:.3f}" in texts
-    assert any(t.startswith("clean") for t in texts) and any(t.startswith("corrupted") for t in texts)
-    assert len(ax.patches) == 2  # two stepfilled histograms
-    check_png(P.plot_outlier_scores(clean, corrupted, tmp_path / "o" / "outliers.png"), tmp_path)
+    c, k = clean[2:], corrupted[3:]
+    texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text") and "AUROC" in a.get_text())]
+    assert len(texts) >= 1 and last_numbers(texts[0])[0] == pytest.approx(_brute_auroc(c, k), abs=5e-4)
+    # one filled histogram per sample, each holding all of its finite values (fractions summing to 1)
+    polys = [p for p in ax.patches if len(p.get_xy()) > 4]
+    assert len(polys) == 2
+    for poly in polys:
+        assert step_heights(poly)[2].sum() == pytest.approx(1.0, rel=1e-9)
+    counts = [last_numbers(t.get_text())[0] for t in ax.get_legend().get_texts() if "N =" in t.get_text()]
+    assert counts == [len(c), len(k)]
+    check_png(P.plot_outlier_scores(clean, corrupted, tmp_path / "o" / "outliers.png", bins=30), tmp_path, fig)
