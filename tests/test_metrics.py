@@ -252,3 +252,16 @@ def test_evaluate_against_planted_point_errors_and_analytic_pit(calibrated):
     exact = np.mean(1.0 / (2.0 * np.sqrt(np.pi) * sigma[keep])) - 2.0 * np.mean(
         stats.norm.pdf(ztrue[keep], mu[keep], sigma[keep]))
     assert m["cdeloss"] == pytest.approx(exact, abs=1e-2)  # p(z_true) at the nearest of points 0.005 apart
+
+
+def test_pit_of_one_and_of_extreme_galaxies():
+    """PIT needs no minimum sample: one galaxy, and three whose truths lie below, at the median of,
+    and above their Gaussian PDFs, give the analytic CDF values."""
+    from scipy.stats import norm
+
+    zg = np.linspace(0.0, 3.0, 3001)
+    mu = np.array([1.0, 1.5, 2.0])
+    pdfs = norm.pdf(zg[None, :], mu[:, None], 0.1)
+    zt = np.array([0.0, 1.5, 3.0])
+    np.testing.assert_allclose(M.pit_values(zg, pdfs, zt), norm.cdf(zt, mu, 0.1), atol=1e-6)
+    np.testing.assert_allclose(M.pit_values(zg, pdfs[1:2], [1.55]), norm.cdf(1.55, 1.5, 0.1), atol=1e-4)
