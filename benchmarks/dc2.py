@@ -42,6 +42,8 @@ import time
 
 import numpy as np
 
+from photovaez.metrics import POINT_METRICS, metric_rows
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
 SDSS_DIR = os.environ.get("PHOTOVAEZ_SDSS_DIR", os.path.join(HERE, "..", "..", "shared", "data", "sdss_mgs"))
@@ -61,16 +63,7 @@ TABLE_ROWS = [
     ("inform_wall_s", "inform wall time [s]", "{:.1f}"),
     ("estimate_wall_s", "estimate wall time [s]", "{:.2f}"),
     ("peak_rss_mb", "peak RSS [MB]", "{:.0f}"),
-    ("cdeloss", "CDE loss", "{:.4f}"),
-    ("pit_ks", "PIT KS", "{:.4f}"),
-    ("pit_cvm", "PIT CvM", "{:.3f}"),
-    ("pit_ad", "PIT AD", "{:.3f}"),
-    ("pit_outlier_rate", "PIT outlier rate", "{:.4f}"),
-    ("sigma_iqr", "sigma_IQR (zmode)", "{:.4f}"),
-    ("bias", "bias (zmode)", "{:+.5f}"),
-    ("outlier_rate", "outlier rate (zmode)", "{:.4f}"),
-    ("sigma_nmad", "sigma_NMAD (zmode)", "{:.4f}"),
-    ("catastrophic_fraction", "\\|ez\\| > 0.15 (zmode)", "{:.4f}"),
+    *metric_rows(("cdeloss", "pit_ks", "pit_cvm", "pit_ad", "pit_outlier_rate", *POINT_METRICS), "zmode"),
     ("sigma_nmad_zmedian", "sigma_NMAD (zmedian)", "{:.4f}"),
     ("outlier_rate_zmedian", "outlier rate (zmedian)", "{:.4f}"),
 ]

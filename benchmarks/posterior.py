@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from photovaez.metrics import metric_rows
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -205,13 +207,7 @@ ROWS = [
     ("seconds_first_call", "first call, s (incl. compile)", "{:.2f}"),
     ("seconds_warm_call", "warm call, s", "{:.2f}"),
     ("galaxies_per_second", "galaxies / s (warm)", "{:.2f}"),
-    ("pit_ks", "PIT KS", "{:.4f}"),
-    ("pit_cvm", "PIT CvM", "{:.4f}"),
-    ("pit_outlier_rate", "PIT outlier rate", "{:.4f}"),
-    ("cdeloss", "CDE loss", "{:.3f}"),
-    ("sigma_iqr", "sigma_IQR (zmode)", "{:.4f}"),
-    ("bias", "bias (zmode)", "{:.4f}"),
-    ("outlier_rate", "outlier rate (zmode)", "{:.4f}"),
+    *metric_rows(("pit_ks", "pit_cvm", "pit_outlier_rate", "cdeloss", "sigma_iqr", "bias", "outlier_rate"), "zmode"),
     ("cdf_distance_vs_amortised_mean", "mean max|dCDF| vs amortised", "{:.4f}"),
     ("cdf_distance_vs_grid_mean", "mean max|dCDF| vs grid", "{:.4f}"),
     ("kish_ess_at_mode_median", "Kish ESS at mode, median (grid)", "{:.1f}"),

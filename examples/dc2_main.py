@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from photovaez.metrics import POINT_METRICS, metric_rows
+
 log = logging.getLogger("photovaez.dc2_main")
 
 
@@ -68,20 +70,9 @@ def _outlier_scores(model_dict: dict, table: dict, seed: int) -> tuple[np.ndarra
 
 
 def _markdown(metrics: dict, rail_summary: dict) -> str:
-    rows = [
-        ("galaxies estimated", metrics["n"], "{:d}"),
-        ("CDE loss", metrics["cdeloss"], "{:.3f}"),
-        ("PIT KS", metrics["pit_ks"], "{:.4f}"),
-        ("PIT CvM", metrics["pit_cvm"], "{:.3f}"),
-        ("PIT AD", metrics["pit_ad"], "{:.3f}"),
-        ("PIT outlier rate", metrics["pit_outlier_rate"], "{:.4f}"),
-        ("sigma_IQR (zmode)", metrics["sigma_iqr"], "{:.4f}"),
-        ("bias (zmode)", metrics["bias"], "{:+.5f}"),
-        ("outlier rate (zmode)", metrics["outlier_rate"], "{:.4f}"),
-        ("sigma_NMAD (zmode)", metrics["sigma_nmad"], "{:.4f}"),
-        ("\\|dz\\|/(1+z) > 0.15 (zmode)", metrics["catastrophic_fraction"], "{:.4f}"),
-        ("log p(x) AUROC, clean vs one band +-1.5 mag", metrics.get("log_px_auroc", float("nan")), "{:.3f}"),
-    ]
+    keys = ("n", "cdeloss", "pit_ks", "pit_cvm", "pit_ad", "pit_outlier_rate", *POINT_METRICS)
+    rows = [(label, metrics[key], fmt) for key, label, fmt in metric_rows(keys, "zmode")]
+    rows.append(("log p(x) AUROC, clean vs one band +-1.5 mag", metrics.get("log_px_auroc", float("nan")), "{:.3f}"))
     lines = ["| metric | PhotoVAEz |", "|---|---|"]
     lines += [f"| {name} | {fmt.format(value)} |" for name, value, fmt in rows]
     if rail_summary:
@@ -105,10 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    from photovaez import metrics, plots
     from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInformer
     from rail.photovaez.data import read_dc2
-
-    from photovaez import metrics, plots
 
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)

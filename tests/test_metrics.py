@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from conftest import gaussian_photoz
 from photovaez import metrics as M
 
 ZGRID = np.linspace(0.0, 3.0, 601)
@@ -18,11 +19,7 @@ def gaussian_pdfs(zgrid, mu, sigma):
 @pytest.fixture(scope="module")
 def calibrated():
     """Gaussian PDFs with the true redshifts drawn from them (a calibrated estimator)."""
-    rng = np.random.default_rng(42)
-    n = 1500
-    mu = rng.uniform(0.6, 2.0, n)
-    sigma = 0.04 * (1 + mu)
-    ztrue = rng.normal(mu, sigma)
+    mu, sigma, ztrue, _ = gaussian_photoz(1500, 42, (0.6, 2.0), 0.04)
     return mu, sigma, ztrue, gaussian_pdfs(ZGRID, mu, sigma)
 
 

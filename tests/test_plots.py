@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from conftest import gaussian_photoz
 from photovaez import metrics as M
 from photovaez import plots as P
 
@@ -15,13 +16,10 @@ ZGRID = np.linspace(0.0, 3.0, 301)
 
 @pytest.fixture(scope="module")
 def sample():
-    rng = np.random.default_rng(0)
-    n = 600
-    mu = rng.uniform(0.2, 2.5, n)
-    sigma = 0.05 * (1 + mu)
-    ztrue = np.clip(rng.normal(mu, sigma), 0.01, None)
+    mu, sigma, ztrue, rng = gaussian_photoz(600, 0, (0.2, 2.5), 0.05)
+    ztrue = np.clip(ztrue, 0.01, None)
     pdfs = stats.norm.pdf(ZGRID[None, :], mu[:, None], sigma[:, None])
-    mag = rng.uniform(20, 25, n)
+    mag = rng.uniform(20, 25, len(mu))
     return pdfs, ztrue, mag, mu
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,10 +43,35 @@ __all__ = [
     "evaluate",
     "CATASTROPHIC_EZ",
     "NMAD_SCALE",
+    "METRIC_LABELS",
+    "POINT_METRICS",
+    "metric_rows",
 ]
 
 CATASTROPHIC_EZ = 0.15
 NMAD_SCALE = 1.4826
+
+#: label and format of each number :func:`evaluate` returns, for every table that shows them
+METRIC_LABELS: dict[str, tuple[str, str]] = {  # counts; the CDE loss; PIT statistics; point metrics
+    "n": ("galaxies", "{:d}"), "n_dropped": ("left out (no finite redshift)", "{:d}"),
+    "cdeloss": ("CDE loss", "{:.4f}"),
+    "pit_ks": ("PIT KS", "{:.4f}"), "pit_cvm": ("PIT CvM", "{:.3f}"), "pit_ad": ("PIT AD", "{:.3f}"),
+    "pit_outlier_rate": ("PIT outlier rate", "{:.4f}"),
+    "sigma_iqr": ("sigma_IQR", "{:.4f}"), "bias": ("bias", "{:+.5f}"), "outlier_rate": ("outlier rate", "{:.4f}"),
+    "sigma_nmad": ("sigma_NMAD", "{:.4f}"), "catastrophic_fraction": ("\\|ez\\| > 0.15", "{:.4f}"),
+}
+#: the metrics of a point estimate (:func:`point_metrics`)
+POINT_METRICS = ("sigma_iqr", "bias", "outlier_rate", "sigma_nmad", "catastrophic_fraction")
+
+
+def metric_rows(keys: Sequence[str], point_estimate: str = "") -> list[tuple[str, str, str]]:
+    """``(key, label, format)`` table rows of metrics of :data:`METRIC_LABELS`; the point metrics'
+    labels name ``point_estimate`` (e.g. ``"zmode"``) when it is given."""
+    rows = []
+    for k in keys:
+        label, fmt = METRIC_LABELS[k]
+        rows.append((k, f"{label} ({point_estimate})" if point_estimate and k in POINT_METRICS else label, fmt))
+    return rows
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +263,7 @@ def point_metrics(zpoint: np.ndarray, ztrue: np.ndarray) -> dict[str, float]:
     if len(zpoint) != len(ztrue):
         raise ValueError(f"{len(zpoint)} point estimates but {len(ztrue)} true redshifts")
     if len(ztrue) == 0:
-        return {k: float("nan") for k in ("sigma_iqr", "bias", "outlier_rate", "sigma_nmad", "catastrophic_fraction")}
+        return {k: float("nan") for k in POINT_METRICS}
     return {
         "sigma_iqr": float(PointSigmaIQR().evaluate(zpoint, ztrue)),
         "bias": float(PointBias().evaluate(zpoint, ztrue)),
@@ -285,7 +311,7 @@ def binned_point_metrics(
         "centers": 0.5 * (edges[1:] + edges[:-1]),
         "count": np.zeros(nb, np.int64),
     }
-    keys = ("sigma_iqr", "bias", "outlier_rate", "sigma_nmad", "catastrophic_fraction")
+    keys = POINT_METRICS
     for k in keys:
         out[k] = np.full(nb, np.nan)
     for b in range(nb):

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from photovaez.metrics import METRIC_LABELS, metric_rows
+
 from .options import parsed_stage_options
 from .tables import CLIError, check_columns, check_file, given_columns, hdf5_columns, out_path, read_pdfs, read_table
 
@@ -104,19 +106,13 @@ def _truth(args: argparse.Namespace, ens: Any) -> tuple[dict, np.ndarray]:
     return truth, ztrue
 
 
-_ROWS = [
-    ("galaxies", "n", "{:d}"), ("left out (no finite redshift)", "n_dropped", "{:d}"),
-    ("CDE loss", "cdeloss", "{:.4f}"), ("PIT KS", "pit_ks", "{:.4f}"), ("PIT CvM", "pit_cvm", "{:.4f}"),
-    ("PIT AD", "pit_ad", "{:.4f}"), ("PIT outlier rate", "pit_outlier_rate", "{:.4f}"),
-    ("sigma_IQR", "sigma_iqr", "{:.4f}"), ("bias", "bias", "{:+.5f}"), ("outlier rate", "outlier_rate", "{:.4f}"),
-    ("sigma_NMAD", "sigma_nmad", "{:.4f}"), ("\\|ez\\| > 0.15", "catastrophic_fraction", "{:.4f}"),
-]
+_ROWS = metric_rows(tuple(METRIC_LABELS))  # every number of photovaez.metrics.evaluate
 
 
 def metrics_markdown(m: Mapping[str, Any]) -> str:
     """The metrics of :func:`photovaez.metrics.evaluate` as a Markdown table (one row a metric)."""
     lines = ["| metric | value |", "|---|---|"]
-    for label, key, fmt in _ROWS:
+    for key, label, fmt in _ROWS:
         if key in m:
             lines.append(f"| {label} | {fmt.format(m[key])} |")
     return "\n".join(lines) + "\n"
