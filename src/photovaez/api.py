@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from .config import ModelConfig, TrainConfig
 from .features import FeatureSpec, Photometry, Scaler, affine_map, clean_photometry, features, fit_scaler
 from .grid import normalise, point_estimates
 from .io import model_from_dict, model_to_dict, validate_model_dict
-from .model import ModelConfig
-from .train import TrainConfig, TrainingArrays, train_sdgm
+from .train import TrainingArrays, train_sdgm
 
-__all__ = ["labelled_mask", "fit", "Predictor", "load_predictor", "estimate"]
+__all__ = ["labelled_mask", "fit", "Predictor", "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
 
 log = logging.getLogger(__name__)
 
@@ -267,9 +267,6 @@ def log_px(predictor: Predictor, table: Mapping[str, Any], n_importance: int = 2
     return post.log_px(predictor.jax_params, x, n_importance=n_importance, seed=seed, index_offset=index_offset).log_px
 
 
-__all__ += ["log_px", "quality_ancil"]
-
-
 def latents(
     predictor: Predictor | Mapping[str, Any],
     table: Mapping[str, Any],
@@ -319,5 +316,3 @@ def latents(
             b_out[s : s + batch_size] = mu_b.numpy()
     return {"a": a_out, "b": b_out, "z": z}
 
-
-__all__ += ["latents"]
