@@ -5,6 +5,9 @@ galaxies) ship with ``pz-rail-base``; their table is the hdf5 group ``photometry
 magnitudes and errors, ``redshift``, ``id``), its rows sorted by redshift.  Reading needs only
 h5py (``benchmarks/gpu.py`` loads this file on machines without RAIL); finding the files needs
 RAIL.
+
+``rail_resolver`` finds the files that the core's filter and template specs name as
+``"rail:<path>"`` (``photovaez.filters.FILTER_PRESETS``, ``photovaez.templates.TEMPLATE_PRESETS``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 
 import numpy as np
 
-__all__ = ["DC2_FILES", "GROUP", "dc2_path", "read_dc2"]
+__all__ = ["DC2_FILES", "GROUP", "dc2_path", "read_dc2", "rail_resolver"]
 
 DC2_FILES = {
     "training": "examples_data/testdata/test_dc2_training_9816.hdf5",
@@ -26,9 +29,7 @@ def dc2_path(which: str) -> str:
     """Path of RAIL's DC2 ``"training"`` or ``"validation"`` file."""
     if which not in DC2_FILES:
         raise ValueError(f"unknown DC2 file {which!r}; choose from {list(DC2_FILES)}")
-    from rail.utils.path_utils import find_rail_file
-
-    return find_rail_file(DC2_FILES[which])
+    return rail_resolver(DC2_FILES[which])
 
 
 def read_dc2(which: str, n: int | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -50,3 +51,15 @@ def read_dc2(which: str, n: int | None = None, seed: int | None = None) -> dict[
         return table
     idx = np.sort(np.random.default_rng(seed).choice(size, n, replace=False))
     return {k: v[idx] for k, v in table.items()}
+
+
+def rail_resolver(rel: str) -> str:
+    """The path of ``rel``, a path inside RAIL's package data (``find_rail_file``).
+
+    The resolver that ``photovaez.filters.load_filter(spec, resolve=...)`` and
+    ``photovaez.templates.load_templates(spec, resolve=...)`` need for their ``"rail:"`` specs,
+    e.g. ``rail_resolver("examples_data/estimation_data/data/FILTER/DC2LSST_u.res")``.
+    """
+    from rail.utils.path_utils import find_rail_file
+
+    return find_rail_file(rel)
