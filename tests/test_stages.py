@@ -392,7 +392,7 @@ def test_unknown_posterior_mode_is_named(trained):
         PhotoVAEzEstimator.make_stage(name=_name("est"), model=trained[1], posterior="gird")
 
 
-def test_amortized_mode_can_report_log_px(trained, tables):
+def test_amortised_mode_can_report_log_px(trained, tables):
     """n_importance_px > 0 adds the IWAE log p(x) to the amortised output; +2 mag in i lowers it."""
     table = _rows(tables[1], slice(0, 40))
     bad = dict(table, mag_i_lsst=np.asarray(table["mag_i_lsst"]) + 2.0)

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Mode", "ModeResult", "MODES", "COMMON_ANCIL", "resolve_mode", "mode_settings"]
+__all__ = ["Mode", "ModeResult", "MODES", "COMMON_ANCIL", "resolve_mode", "estimate_arguments"]
 
 #: ancil columns of every mode (:func:`photovaez.grid.point_estimates`, :func:`photovaez.api.quality_ancil`)
 COMMON_ANCIL = ("zmode", "zmean", "zmedian", "n_nondetect", "n_bad_error", "pdf_flag")
@@ -60,6 +60,8 @@ class Mode(NamedTuple):
         IWAE samples of the ``log_px`` ancil when not given (0: no ``log_px`` column).
     ancil
         Ancil columns the mode adds to :data:`COMMON_ANCIL` (besides ``log_px``, ``kish_ess``).
+    samples_key
+        The :class:`~photovaez.config.EstimateConfig` field that gives ``n_samples``.
     config_keys
         ``{EstimateConfig field: keyword of run}`` for the mode's own settings.
     log_px_from_draws
@@ -71,6 +73,7 @@ class Mode(NamedTuple):
     default_n_samples: int
     default_n_log_px: int
     ancil: tuple[str, ...] = ()
+    samples_key: str = "n_importance"
     config_keys: Mapping[str, str] = {}
     log_px_from_draws: bool = False
 
@@ -118,7 +121,7 @@ def _snis(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed
 
 
 MODES: dict[str, Mode] = {
-    "amortised": Mode("amortised", _amortised, default_n_samples=16, default_n_log_px=0),
+    "amortised": Mode("amortised", _amortised, default_n_samples=16, default_n_log_px=0, samples_key="n_b_samples"),
     "grid": Mode("grid", _grid, default_n_samples=256, default_n_log_px=256, ancil=("ess_at_mode",),
                  config_keys={"support_tol": "support_tol"}),
     "hmc": Mode("hmc", _hmc, default_n_samples=64, default_n_log_px=256, ancil=("divergences", "ess"),
@@ -141,6 +144,10 @@ def resolve_mode(name: str) -> Mode:
     return MODES[key]
 
 
-def mode_settings(mode: Mode, config: Any) -> dict[str, Any]:
-    """The keyword settings of ``mode`` taken from an :class:`~photovaez.config.EstimateConfig`."""
-    return {kw: getattr(config, field) for field, kw in mode.config_keys.items()}
+def estimate_arguments(mode: Mode, config: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`photovaez.api.estimate` for ``mode`` that an
+    :class:`~photovaez.config.EstimateConfig` gives: ``mode``, ``n_samples``, ``n_log_px`` (0 in the
+    config = the mode's default), ``seed`` and the mode's own settings."""
+    return {"mode": mode.name, "n_samples": getattr(config, mode.samples_key),
+            "n_log_px": config.n_importance_px or None, "seed": config.seed,
+            **{kw: getattr(config, field) for field, kw in mode.config_keys.items()}}

@@ -474,15 +474,12 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
         import qp
 
         from photovaez.api import estimate
-        from photovaez.estimation import mode_settings
+        from photovaez.estimation import estimate_arguments
 
         table = self._table(data)
-        cfg = self.estimate_config
-        n_samples = cfg.n_b_samples if self.mode.name == "amortised" else cfg.n_importance
         try:
-            pdfs, ancil = estimate(self._predictor, table, self.zgrid, mode=self.mode.name, n_samples=n_samples,
-                                   n_log_px=cfg.n_importance_px or None, seed=cfg.seed, index_offset=start,
-                                   device=self._run_device, **mode_settings(self.mode, cfg))
+            pdfs, ancil = estimate(self._predictor, table, self.zgrid, index_offset=start, device=self._run_device,
+                                   **estimate_arguments(self.mode, self.estimate_config))
         except (KeyError, ValueError, TypeError) as exc:
             raise _stage_error(self, exc) from exc
         ens = qp.Ensemble(qp.interp, data=dict(xvals=self.zgrid, yvals=pdfs))
