@@ -58,7 +58,7 @@ def _case(rng, kind):
 
 
 KINDS = ["plain", "anti", "anti_tiny", "tiny", "huge", "mixed", "intrinsic"]
-CASES = [(kind, seed) for kind in KINDS for seed in range(3)]
+CASES = [(kind, seed) for kind in KINDS for seed in range(2)]
 
 
 def _log_like(f, s, m, amplitude):
@@ -104,12 +104,12 @@ def test_marginal_matches_numerical_integration(kind, seed):
         assert np.sum(m * f / s**2) < 0
 
 
-@pytest.mark.parametrize("kind,seed", CASES[::3])
+@pytest.mark.parametrize("kind,seed", CASES[::2])
 def test_profile_matches_brute_force_maximum(kind, seed):
     f, err, m, eps = _case(np.random.default_rng(seed), kind)
     s = np.sqrt(err**2 + (eps * f) ** 2)
     centre, width = _scale(f, s, m)
-    grid = np.linspace(max(centre - 20.0 * width, 0.0), centre + 20.0 * width, 400_001)
+    grid = np.linspace(max(centre - 20.0 * width, 0.0), centre + 20.0 * width, 200_001)
     values = _log_like(f, s, m, grid)
     best = values.argmax()
     got = log_p_flux_profile(f, err, m, eps)
