@@ -86,3 +86,21 @@ def test_network_input_sizes():
         ModelConfig(activation="swish9")
     with pytest.raises(ValueError, match="unknown keys"):
         ModelConfig.from_dict({"hiden": [3]})
+
+
+def test_b_samples_and_latent_means_follow_the_encoder_distributions():
+    """``b_samples`` reparameterises q(b|x) (mean + std * eps) and ``latent_means`` is the mean of
+    q(a|x, b, z) at b = the mean of q(b|x): checked against the torch.distributions objects."""
+    m = small_model()
+    x, z = torch.randn(5, 4), torch.tensor([0.1, 0.4, 0.8, 1.5, 2.5])
+    eps = torch.randn(3, 2)
+    q_b = m.q_b_given_x(x)
+    torch.testing.assert_close(m.b_samples(x, eps), q_b.mean[None] + q_b.stddev[None] * eps[:, None, :])
+    mu_a, mu_b = m.latent_means(x, z)
+    torch.testing.assert_close(mu_b, q_b.mean)
+    torch.testing.assert_close(mu_a, m.q_a_given_xbz(x, q_b.mean, z).mean)
+    # and the networks are wired as the SPEC's graph: q(z|b,x) depends on b, p(x|a,b,z) on z
+    b2 = m.b_samples(x, eps)[0]
+    assert not torch.allclose(m.q_z_given_bx(b2, x).loc, m.q_z_given_bx(q_b.mean, x).loc)
+    a = mu_a
+    assert not torch.allclose(m.p_x_given_abz(a, mu_b, z).mean, m.p_x_given_abz(a, mu_b, z + 0.5).mean)
