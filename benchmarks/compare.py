@@ -5,8 +5,9 @@ The harness is :func:`rail.photovaez.compare.compare_to_files` (also behind ``ph
 estimator is informed and estimated through its RAIL stages in its own subprocess, under a time
 limit (``--timeout``), so that one failure, crash or memory blow-up cannot stop the others and the
 peak RSS is per estimator.  This script supplies the scenarios and their data, those of
-``benchmarks/dc2.py`` (:func:`dc2.scenario_data`): ``full``, ``scarce``, ``biased`` on RAIL's DC2
-test sample and ``sdss`` (SDSS MGS, when its files are there).
+``benchmarks/dc2.py`` (:func:`dc2.scenario_data`): ``full``, ``scarce``, ``biased``, ``speczlike`` on
+RAIL's DC2 test sample and ``sdss`` (SDSS MGS, when its files are there); dc2's ``-nounl``
+ablations are accepted by ``--scenarios`` but not run by default.
 
 * Supervised estimators are informed on the labelled rows only; PhotoVAEz also gets the
   unlabelled rows (the second input of ``PhotoVAEzInformer.inform``).
@@ -139,11 +140,11 @@ def markdown(meta: dict, results: dict, estimators: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    from dc2 import SCENARIOS, parse_scenarios, scenario_parser
+    from dc2 import merge_scenarios, parse_scenarios, scenario_parser
 
     from rail.photovaez.compare import ESTIMATORS, compare_to_files, installed_estimators, run_order
 
-    ap = scenario_parser(__doc__)
+    ap = scenario_parser(__doc__, ablations=False)
     ap.add_argument("--estimators", nargs="+", default=None,
                     help=f"estimators to run (default: every installed one of {list(ESTIMATORS)}); "
                          "comma-separated lists are accepted")
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[compare] %(message)s")
 
-    scenarios = parse_scenarios(ap, args.scenarios)
+    scenarios = parse_scenarios(ap, args.scenarios, ablations=False)
     not_installed: list[str] = []
     if args.estimators:
         estimators = [e for item in args.estimators for e in item.split(",") if e]
@@ -208,15 +209,12 @@ def main(argv=None) -> int:
     }
     old_json = os.path.join(os.path.abspath(args.out), "compare.json")
     results: dict[str, dict] = {s: {} for s in scenarios}
-    shown_scenarios, shown_estimators, runs = list(scenarios), list(estimators), [meta]
+    shown_estimators, runs = list(estimators), [meta]
     if args.update and os.path.exists(old_json):
         old = load_results(old_json)
         runs = old["runs"] + [meta]
-        shown_scenarios = [s for s in SCENARIOS if s in old["results"] or s in scenarios]
         shown_estimators = run_order([e for e in ESTIMATORS if e in old["estimators"] or e in estimators])
-        for s in shown_scenarios:
-            results[s] = {**old["results"].get(s, {}), **results.get(s, {})}
-    results = {s: results[s] for s in shown_scenarios}
+        results = merge_scenarios(old["results"], results, combine=lambda a, b: {**a, **b})
 
     def datasets():
         for s in scenarios:

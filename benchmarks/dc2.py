@@ -11,6 +11,23 @@ others and the peak RSS is per scenario):
     9,725 used as unlabelled photometry.
 ``biased``
     only ``mag_i_lsst < 21.5`` labelled, the rest unlabelled (a bright, incomplete spec-z set).
+``speczlike``
+    a spectroscopic-survey-like selection (:func:`speczlike_labels`): galaxy k of the training file
+    is labelled when ``np.random.default_rng(1).random(10225)[k] < p_label(i_k, z_k)`` with ::
+
+        p_label(i, z) = 0.9 * sigmoid((22.5 - i) / 0.4) * s(z),
+        s(z) = 1 for z <= 1,  exp(-(z - 1) / 0.4) for z > 1,
+
+    ``i = mag_i_lsst``, ``z`` the true redshift, ``sigmoid(x) = 1 / (1 + exp(-x))``: the targeting
+    and success rate fall with magnitude (half of the ceiling at i = 22.5, a tail of faint labels
+    past biased's hard cut) and redshifts fail beyond z ~ 1 (no strong lines in the optical window).
+    This labels 1,193 of the 10,225 training galaxies (11.7%; expected 11.8%): median i 21.88
+    (whole sample 24.38), 64% of them fainter than 21.5, the faintest i = 24.75; median z 0.61
+    (whole sample 0.89), 10% at z > 1 and 6 (0.5%) at z > 1.5.  The rest are unlabelled.
+``scarce-nounl``, ``biased-nounl``, ``speczlike-nounl``
+    the semi-supervised ablation: the same labelled rows as ``scarce``, ``biased``,
+    ``speczlike``, without the unlabelled ones (what the unlabelled photometry buys).  They run by
+    default; ``benchmarks/compare.py`` leaves them out by default (RAIL's estimators are supervised).
 ``sdss``
     SDSS MGS (``../shared/data/sdss_mgs`` beside the checkout, or ``$PHOTOVAEZ_SDSS_DIR``): train on
     ``SDSS_MGS.train`` (5,000), estimate ``SDSS_MGS.test`` (5,000), ``sdss_mgs`` feature preset, grid 0..0.4.
@@ -19,13 +36,16 @@ The DC2 scenarios are estimated on all 20,449 validation galaxies on RAIL's defa
 (``linspace(0, 3, 301)``).  Metrics come from :func:`photovaez.metrics.evaluate` (RAIL/qp
 definitions) with the PDF mode as point estimate; the median's point metrics are kept too.
 
-Outputs: ``<out>/dc2.json``, ``<out>/dc2.md`` and ``<out>/figures/<scenario>_{zphot_zspec,pit}.png``.
-No model file is written.
+Outputs: ``<out>/dc2.json``, ``<out>/dc2.md`` and
+``<out>/figures/<scenario>_{zphot_zspec,pit,vs_mag,vs_z}.png``.  No model file is written.  With
+``--update`` the scenarios run now replace their earlier results in ``<out>/dc2.json`` and the
+others are kept (each scenario records its own run date, ``run_date``).
 
 Usage::
 
     python benchmarks/dc2.py                        # all scenarios, the core's default epochs
     python benchmarks/dc2.py --epochs 3 --out /tmp/dc2_quick --scenarios full scarce
+    python benchmarks/dc2.py --update --scenarios speczlike biased-nounl speczlike-nounl
 """
 
 from __future__ import annotations
@@ -49,15 +69,23 @@ DEFAULT_OUT = os.path.join(HERE, "results")
 SDSS_DIR = os.environ.get("PHOTOVAEZ_SDSS_DIR", os.path.join(HERE, "..", "..", "shared", "data", "sdss_mgs"))
 SDSS_COLUMNS = ["zs", "u", "g", "r", "i", "z", "u-g", "g-r", "r-i", "i-z",
                 "eu", "eg", "er", "ei", "ez", "eu-g", "eg-r", "er-i", "ei-z"]
-SCENARIOS = ["full", "scarce", "biased", "sdss"]
+NOUNL = "-nounl"
+SEMI_SUPERVISED = ("scarce", "biased", "speczlike")  # the scenarios with unlabelled galaxies
+ABLATIONS = tuple(s + NOUNL for s in SEMI_SUPERVISED)
+# every scenario, in the order of the tables
+SCENARIOS = ["full", "scarce", "scarce" + NOUNL, "biased", "biased" + NOUNL, "speczlike", "speczlike" + NOUNL,
+             "sdss"]
 N_SCARCE = 500
 BIASED_I_CUT = 21.5
+# speczlike: p_label(i, z) = P0 * sigmoid((I_LIM - i) / W) * (1 if z <= Z0 else exp(-(z - Z0) / TAU))
+SPECZLIKE = dict(p0=0.9, i_lim=22.5, width=0.4, z0=1.0, tau=0.4, seed=1)
 
 # metric rows of the Markdown table: (key, label, format)
 TABLE_ROWS = [
     ("n_labelled", "labelled galaxies", "{:d}"),
     ("n_unlabelled", "unlabelled galaxies", "{:d}"),
     ("n_estimated", "galaxies estimated", "{:d}"),
+    ("run_date", "run date", None),
     ("epochs_run", "epochs run (best)", None),
     ("skipped", "skipped gradient steps", None),
     ("inform_wall_s", "inform wall time [s]", "{:.1f}"),
@@ -83,27 +111,52 @@ def _sdss_tables() -> tuple[dict, dict]:
     return read("SDSS_MGS.train"), read("SDSS_MGS.test")
 
 
-def scenario_parser(doc: str) -> argparse.ArgumentParser:
+def scenario_parser(doc: str, ablations: bool = True) -> argparse.ArgumentParser:
     """The argument parser of a scenario benchmark (described by the first paragraph of ``doc``)
-    with its ``--scenarios`` option, which :func:`parse_scenarios` reads."""
+    with its ``--scenarios`` option, which :func:`parse_scenarios` reads (``ablations``: whether
+    the ``-nounl`` scenarios run by default)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", nargs="+", default=None,
-                    help=f"scenarios to run (default: {SCENARIOS}, sdss only when {SDSS_DIR} exists); "
-                         "comma-separated lists are accepted")
+                    help=f"scenarios to run, of {SCENARIOS} (default: {default_scenarios(ablations)}, sdss "
+                         f"only when {SDSS_DIR} exists); comma-separated lists are accepted")
     return ap
 
 
-def parse_scenarios(ap: argparse.ArgumentParser, items: list[str] | None) -> list[str]:
-    """Scenario names from ``--scenarios`` (space- or comma-separated); default: every scenario,
-    ``sdss`` only when its data are there.  Unknown names are a parser error."""
+def default_scenarios(ablations: bool = True) -> list[str]:
+    """The scenarios run when ``--scenarios`` is not given: all of them, or all but the ``-nounl``
+    ablations."""
+    return [s for s in SCENARIOS if ablations or s not in ABLATIONS]
+
+
+def parse_scenarios(ap: argparse.ArgumentParser, items: list[str] | None, ablations: bool = True) -> list[str]:
+    """Scenario names from ``--scenarios`` (space- or comma-separated); default:
+    :func:`default_scenarios`, ``sdss`` only when its data are there.  Unknown names are a parser error."""
     if items:
         scenarios = [s for item in items for s in item.split(",") if s]
     else:
-        scenarios = [s for s in SCENARIOS if s != "sdss" or os.path.isdir(SDSS_DIR)]
+        scenarios = [s for s in default_scenarios(ablations) if s != "sdss" or os.path.isdir(SDSS_DIR)]
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad:
         ap.error(f"unknown scenarios {bad}; choose from {SCENARIOS}")
     return scenarios
+
+
+def speczlike_probability(mag_i, z, p0: float = SPECZLIKE["p0"], i_lim: float = SPECZLIKE["i_lim"],
+                          width: float = SPECZLIKE["width"], z0: float = SPECZLIKE["z0"],
+                          tau: float = SPECZLIKE["tau"]) -> np.ndarray:
+    """p_label(i, z) = p0 * sigmoid((i_lim - i) / width) * s(z), s = 1 for z <= z0 and
+    exp(-(z - z0) / tau) beyond (0 where i or z is not finite)."""
+    mag_i, z = np.asarray(mag_i, np.float64), np.asarray(z, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = p0 / (1.0 + np.exp((mag_i - i_lim) / width)) * np.exp(-np.clip(z - z0, 0.0, None) / tau)
+    return np.where(np.isfinite(p), p, 0.0)
+
+
+def speczlike_labels(mag_i, z, seed: int = SPECZLIKE["seed"]) -> np.ndarray:
+    """The ``speczlike`` labelled mask: galaxy k labelled when
+    ``np.random.default_rng(seed).random(n)[k] < speczlike_probability(mag_i, z)[k]``."""
+    p = speczlike_probability(mag_i, z)
+    return np.random.default_rng(seed).random(p.shape) < p
 
 
 def _subset(table: dict, idx: np.ndarray, drop: tuple[str, ...] = ()) -> dict:
@@ -122,6 +175,10 @@ def scenario_data(name: str) -> dict:
         train, test = _sdss_tables()
         return dict(labelled=train, unlabelled=None, test=test, ztrue=test["zs"], redshift_col="zs",
                     spec=preset("sdss_mgs"), zgrid=redshift_grid(0.0, 0.4, 201), mag=test["r"], mag_name="r")
+    if name.endswith(NOUNL):
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
+        return dict(scenario_data(name[:-len(NOUNL)]), unlabelled=None)
     train, valid = read_dc2("training"), read_dc2("validation")
     n = len(train["redshift"])
     if name == "full":
@@ -131,6 +188,8 @@ def scenario_data(name: str) -> dict:
         lab[np.random.default_rng(0).choice(n, N_SCARCE, replace=False)] = True
     elif name == "biased":
         lab = train["mag_i_lsst"] < BIASED_I_CUT
+    elif name == "speczlike":
+        lab = speczlike_labels(train["mag_i_lsst"], train["redshift"])
     else:
         raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
     labelled = _subset(train, np.flatnonzero(lab))
@@ -233,30 +292,72 @@ def _worker(args) -> int:
 # driver
 
 
+def merge_scenarios(old: dict, new: dict, order: list[str] | None = None, combine=None) -> dict:
+    """Per-scenario results of an earlier run (``old``) updated with those of this run (``new``):
+    a scenario in ``new`` replaces the old one (or, with ``combine``, becomes ``combine(old[s],
+    new[s])``), the others are kept.  Ordered as ``order`` (default :data:`SCENARIOS`), then any
+    other names in the order first seen."""
+    order = SCENARIOS if order is None else order
+    names = [s for s in order if s in old or s in new]
+    names += [s for s in dict.fromkeys([*old, *new]) if s not in names]
+    out = {}
+    for s in names:
+        if s in new and s in old and combine is not None:
+            out[s] = combine(old[s], new[s])
+        else:
+            out[s] = new[s] if s in new else old[s]
+    return out
+
+
+def load_results(path: str) -> dict:
+    """An earlier ``dc2.json``: ``{"scenarios": {name: result}, "runs": [meta, ...]}``; a result
+    without its own ``run_date`` gets the date of the run that wrote the file."""
+    with open(path) as fh:
+        data = json.load(fh)
+    date = data.get("meta", {}).get("date", "?")
+    results = {n: {"run_date": date, **r} for n, r in data["scenarios"].items()}
+    return {"scenarios": results, "runs": data.get("runs", [data.get("meta", {})])}
+
+
 def _cell(row, fmt, r):
     from rail.photovaez.compare import format_cell
 
+    if row == "run_date":
+        return str(r.get("run_date", "?"))
     if "error" in r:
         return "failed" if row == "n_labelled" else ""
     if row == "epochs_run":
-        return f"{r['epochs_run']} ({r['best_epoch']})"
+        return f"{r.get('epochs_run', '?')} ({r.get('best_epoch', '?')})"
     if row == "skipped":
-        return f"{r['n_skipped']} / {r['n_steps']}"
+        return f"{r.get('n_skipped', '?')} / {r.get('n_steps', '?')}"
     return format_cell(r.get(row), fmt)
 
 
-def write_markdown(path: str, meta: dict, results: dict) -> None:
+def _run_text(m: dict) -> str:
+    return (f"{m.get('date', '?')} ({m.get('host', '?')}, {m.get('device', '?')}; epochs = {m.get('epochs', '?')}, "
+            f"seed = {m.get('seed', '?')}, n_b = {m.get('n_b', '?')} draws of b per PDF"
+            + (f"; `{m['command']}`" if m.get("command") else "") + ")")
+
+
+def write_markdown(path: str, meta: dict, results: dict, runs: list[dict] | None = None) -> None:
     names = list(results)
+    runs = runs or [meta]
+    c = SPECZLIKE
     lines = [
         "# PhotoVAEz benchmark: DC2 (RAIL test sample) and SDSS MGS",
         "",
-        f"Generated by `benchmarks/dc2.py` on {meta['date']} ({meta['host']}, {meta['device']}); "
-        f"epochs = {meta['epochs']}, seed = {meta['seed']}, n_b = {meta['n_b']} draws of b per PDF.",
+        "Generated by `benchmarks/dc2.py` on " + "; updated on ".join(_run_text(m) for m in runs)
+        + ". Each scenario's run date is the table's `run date` row.",
         "",
         "DC2: trained on `test_dc2_training_9816.hdf5` (10,225), estimated on all of "
         "`test_dc2_validation_9816.hdf5` (20,449), grid linspace(0, 3, 301). "
-        "`scarce`: 500 random labels; `biased`: labels only for mag_i_lsst < 21.5; the other training "
-        "galaxies are unlabelled. `sdss`: SDSS MGS train/test (5,000 each), grid linspace(0, 0.4, 201).",
+        "`scarce`: 500 random labels; `biased`: labels only for mag_i_lsst < 21.5; `speczlike`: galaxy k "
+        f"labelled when `np.random.default_rng({c['seed']}).random(10225)[k] < p_label(i_k, z_k)`, "
+        f"p_label(i, z) = {c['p0']} sigmoid(({c['i_lim']} - i) / {c['width']}) s(z), s(z) = 1 for "
+        f"z <= {c['z0']}, exp(-(z - {c['z0']}) / {c['tau']}) beyond (i = mag_i_lsst, z the true redshift); "
+        "the other training galaxies are unlabelled. `<scenario>-nounl`: the same labelled rows without the "
+        "unlabelled ones (the semi-supervised ablation). "
+        "`sdss`: SDSS MGS train/test (5,000 each), grid linspace(0, 0.4, 201).",
         "",
         "Metrics: `photovaez.metrics.evaluate` (qp/RAIL definitions; CDE loss on the PDFs' grid as RAIL's "
         "OldEvaluator; PIT statistics by `qp.metrics.pit.PIT`). ez = (z_phot - z_spec)/(1 + z_spec); "
@@ -302,6 +403,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save-models", default=None,
                     help="folder (outside the repository) to keep each scenario's model file in")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per scenario subprocess")
+    ap.add_argument("--update", action="store_true",
+                    help="merge into the results already in --out: the scenarios run now replace theirs, "
+                         "the others are kept")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--fig-dir", dest="fig_dir", default=None, help=argparse.SUPPRESS)
@@ -357,6 +461,7 @@ def main(argv=None) -> int:
             if r.get("stderr_tail"):
                 logging.info("%s", r["stderr_tail"])
             r["subprocess_wall_s"] = wall
+            r["run_date"] = meta["date"]
             return name, r
 
     from concurrent.futures import ThreadPoolExecutor
@@ -366,11 +471,16 @@ def main(argv=None) -> int:
         results = dict(pool.map(one, scenarios))
 
     jpath, mpath = os.path.join(out, "dc2.json"), os.path.join(out, "dc2.md")
+    runs = [meta]
+    if args.update and os.path.exists(jpath):
+        old = load_results(jpath)
+        runs = old["runs"] + [meta]
+        results = merge_scenarios(old["scenarios"], results)
     with open(jpath, "w") as fh:
-        json.dump({"meta": meta, "scenarios": results}, fh, indent=1, default=float)
-    write_markdown(mpath, meta, results)
+        json.dump({"meta": meta, "runs": runs, "scenarios": results}, fh, indent=1, default=float)
+    write_markdown(mpath, meta, results, runs)
     logging.info("wrote %s and %s", jpath, mpath)
-    return 0 if all("error" not in r for r in results.values()) else 1
+    return 0 if all("error" not in results[n] for n in scenarios) else 1
 
 
 if __name__ == "__main__":
