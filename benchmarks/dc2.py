@@ -86,6 +86,7 @@ TABLE_ROWS = [
     ("n_unlabelled", "unlabelled galaxies", "{:d}"),
     ("n_estimated", "galaxies estimated", "{:d}"),
     ("run_date", "run date", None),
+    ("epochs_max", "epochs (max)", "{:d}"),
     ("epochs_run", "epochs run (best)", None),
     ("skipped", "skipped gradient steps", None),
     ("inform_wall_s", "inform wall time [s]", "{:.1f}"),
