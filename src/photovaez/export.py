@@ -39,6 +39,7 @@ __all__ = [
     "NETWORKS",
     "export_params",
     "soft_clamp",
+    "mlp_hidden",
     "gaussian_mlp",
     "z_input",
     "q_b_given_x",
@@ -151,6 +152,18 @@ def soft_clamp(v: jnp.ndarray, lo: float, hi: float) -> jnp.ndarray:
     return hi - jax.nn.softplus(hi - v)
 
 
+def mlp_hidden(layers: Any, activation: str, h: jnp.ndarray) -> jnp.ndarray:
+    """The hidden layers of an exported MLP: ``h = act(h @ W + c)`` for each ``(W, c)`` in ``layers``.
+
+    ``W`` is in (in, out) layout; ``activation`` is a name of :data:`photovaez.model.ACTIVATIONS`.
+    The output layer (no activation) is the caller's.
+    """
+    act = _activation(activation)
+    for w, c in layers:
+        h = act(h @ w + c)
+    return h
+
+
 def gaussian_mlp(net: Mapping[str, Any], static: StaticConfig, name: str, *inputs: jnp.ndarray
                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Mean and log-variance of one exported ``GaussianMLP`` (inputs concatenated on the last axis).
@@ -166,10 +179,7 @@ def gaussian_mlp(net: Mapping[str, Any], static: StaticConfig, name: str, *input
     *inputs
         Arrays with a common batch shape; concatenated along the last axis.
     """
-    act = _activation(static.activation)
-    h = jnp.concatenate(inputs, axis=-1)
-    for w, c in net["layers"]:
-        h = act(h @ w + c)
+    h = mlp_hidden(net["layers"], static.activation, jnp.concatenate(inputs, axis=-1))
     w, c = net["head"]
     h = h @ w + c
     d = static.out_dim(name)
