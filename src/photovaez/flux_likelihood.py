@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import special_function
 from .synphot import AB_ZEROPOINT
 
 __all__ = ["DEFAULT_FLUX_ZEROPOINT", "ab_flux_unit", "magnitudes_to_fluxes", "fluxes_to_magnitudes",
@@ -120,21 +121,9 @@ def fluxes_to_magnitudes(flux: np.ndarray, zeropoint: float = DEFAULT_FLUX_ZEROP
 
 
 def log_ndtr(x: Any, xp: ModuleType = np) -> Any:
-    """log Phi(x), the log of the standard normal CDF, stable for x << 0, in ``xp``'s library.
-
-    ``xp`` is numpy (scipy.special.log_ndtr), torch (torch.special.log_ndtr) or jax.numpy
-    (jax.scipy.special.log_ndtr).
-    """
-    name = xp.__name__
-    if name == "numpy":
-        from scipy.special import log_ndtr as f
-    elif name == "torch":
-        f = xp.special.log_ndtr
-    elif name.startswith("jax"):
-        from jax.scipy.special import log_ndtr as f
-    else:
-        raise ValueError(f"log_ndtr: xp must be numpy, torch or jax.numpy, got {name!r}")
-    return f(x)
+    """log Phi(x), the log of the standard normal CDF, stable for x << 0, in ``xp``'s library
+    (:func:`photovaez.backend.special_function`)."""
+    return special_function("log_ndtr", xp)(x)
 
 
 def _as_array(x: Any, xp: ModuleType) -> Any:

@@ -54,6 +54,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .backend import special_function
+
 try:
     import torch
     _TorchModule: Any = torch.nn.Module
@@ -111,17 +113,8 @@ def softplus_inverse(y: Any) -> np.ndarray:
 
 
 def log_gamma(x: Any, xp: ModuleType = np) -> Any:
-    """log Gamma(x) for x > 0 in ``xp``'s library (scipy's, torch's or jax.scipy's gammaln)."""
-    name = xp.__name__
-    if name.startswith("jax"):
-        from jax.scipy.special import gammaln
-        return gammaln(x)
-    if name == "torch":
-        return xp.lgamma(x)
-    if name != "numpy":
-        raise ValueError(f"log_gamma: xp must be numpy, torch or jax.numpy, got {name!r}")
-    from scipy.special import gammaln
-    return gammaln(x)
+    """log Gamma(x) for x > 0 in ``xp``'s library (:func:`photovaez.backend.special_function`)."""
+    return special_function("gammaln", xp)(x)
 
 
 def constrain(raw: BPZPriorRaw, m0: Any, xp: ModuleType = np) -> BPZPriorParams:
