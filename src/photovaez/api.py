@@ -16,11 +16,12 @@ import numpy as np
 
 from .config import ModelConfig, TrainConfig
 from .features import FeatureSpec, Photometry, Scaler, affine_map, clean_photometry, features, fit_scaler
+from .observations import decoder_columns, observation_rows, reference_band
 from .grid import normalise, point_estimates
 from .io import model_from_dict, model_to_dict, validate_model_dict
 from .train import TrainingArrays, train_sdgm
 
-__all__ = ["labelled_mask", "fit", "Predictor", "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
+__all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "Predictor", "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,52 @@ def labelled_mask(table: Mapping[str, Any], redshift_col: str | None) -> np.ndar
     return np.isfinite(z) & (z > 0)
 
 
-def _training_arrays(phot: Photometry, z: np.ndarray, labelled: np.ndarray) -> TrainingArrays:
+def _training_arrays(phot: Photometry, z: np.ndarray, labelled: np.ndarray, spec: FeatureSpec,
+                     mc: ModelConfig) -> TrainingArrays:
     errors = np.concatenate([phot.errs, np.zeros_like(phot.extras)], axis=1)
-    return TrainingArrays(phot.values, errors, np.where(labelled, z, np.nan), labelled)
+    return TrainingArrays(phot.values, errors, np.where(labelled, z, np.nan), labelled,
+                          decoder_columns(phot, spec, mc))
+
+
+def default_filters(spec: FeatureSpec) -> list[str]:
+    """The filter specs of ``spec``'s bands when they are those of a feature preset
+    (:data:`photovaez.filters.FILTER_PRESETS`, e.g. ``lsst`` for RAIL's DC2 columns).
+
+    Raises
+    ------
+    ValueError
+        The bands are not a preset's: ``ModelConfig.filters`` must name one curve per band.
+    """
+    from .features import PRESETS
+    from .filters import FILTER_PRESETS
+
+    for name, make in PRESETS.items():
+        if name in FILTER_PRESETS and list(make().bands) == list(spec.bands):
+            return list(FILTER_PRESETS[name])
+    raise ValueError(f"ModelConfig.filters: the bands {list(spec.bands)} are not those of a feature preset "
+                     f"({sorted(FILTER_PRESETS)}); give one filter curve per band (a file, 'rail:<path>' or a "
+                     "speclite name)")
+
+
+def build_sed_basis(spec: FeatureSpec, mc: ModelConfig, zmax: float, resolve: Any = None):
+    """The sed decoder's tables for ``spec``'s bands: ``mc.templates`` and ``mc.filters`` (default
+    :func:`default_filters`) tabulated on ``flux_table_grid(zmax)`` (:func:`photovaez.sed_decoder.sed_basis`).
+
+    ``resolve`` turns ``"rail:<path>"`` specs into paths (``rail.photovaez.data.rail_resolver``).
+    Returns the basis and the filter specs used.
+    """
+    from .filters import load_filters
+    from .sed_decoder import sed_basis
+    from .synphot import flux_table_grid
+    from .templates import load_templates
+
+    filters = list(mc.filters) or default_filters(spec)
+    if len(filters) != len(spec.bands):
+        raise ValueError(f"ModelConfig.filters: {len(filters)} filter curves for the {len(spec.bands)} bands "
+                         f"{list(spec.bands)}; give one per band, in that order")
+    curves = load_filters(filters, resolve)
+    seds = load_templates(mc.templates, resolve)
+    return sed_basis(seds, curves, flux_table_grid(zmax), n_correction=mc.n_correction), filters
 
 
 def fit(
@@ -56,6 +100,7 @@ def fit(
     model_config: ModelConfig | Mapping[str, Any] | None = None,
     train_config: TrainConfig | Mapping[str, Any] | None = None,
     redshift_col: str = "redshift",
+    resolve: Any = None,
 ) -> dict:
     """Train PhotoVAEz and return the plain model dict (see :mod:`photovaez.io`).
 
@@ -69,11 +114,20 @@ def fit(
     spec
         Feature specification (default: the ``lsst`` preset).
     model_config, train_config
-        Network and training settings (objects or dicts; ``dim_x`` is set from the spec).
+        Network and training settings (objects or dicts; ``dim_x``, ``n_bands`` and
+        ``reference_band_index`` are set from the spec, and the sed decoder's default ``filters``
+        are filled in).
+    resolve
+        Turns the ``"rail:<path>"`` specs of filters and templates into paths (the RAIL stages pass
+        ``rail.photovaez.data.rail_resolver``); needed by the sed decoder's presets.
     """
     spec = spec or FeatureSpec()
     mc_dict = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config or {})
-    mc = ModelConfig.from_dict({**mc_dict, "dim_x": spec.dim})
+    mc = ModelConfig.from_dict({**mc_dict, "dim_x": spec.dim, "n_bands": len(spec.bands)})
+    basis = None
+    if mc.decoder == "sed" or mc.prior == "bpz":
+        mc.reference_band_index = reference_band(spec.bands, mc.prior_band)
+        mc.prior_band = spec.bands[mc.reference_band_index]
     tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config or {}))
 
     lab_mask = labelled_mask(labelled_table, redshift_col)
@@ -99,9 +153,22 @@ def fit(
         log.warning("%d labelled redshifts lie outside [zmin, zmax] = [%g, %g]: the calibration and the grids "
                     "recorded in the model do not cover them", int(outside.sum()), tc.zmin, tc.zmax)
     log.info("training on %d labelled and %d unlabelled galaxies", lab_mask.sum(), (~lab_mask).sum())
+    if mc.decoder == "sed":
+        basis, mc.filters = build_sed_basis(spec, mc, tc.zmax + 1.0, resolve)
+        log.info("sed decoder: %d templates (%s), %d correction functions, bands through %s", basis.n_templates,
+                 mc.templates, basis.n_correction, ", ".join(basis.bands))
     scaler = fit_scaler(phot, spec)
-    data = _training_arrays(phot, z, lab_mask)
-    model, report = train_sdgm(data, affine_map(spec, scaler), mc, tc)
+    data = _training_arrays(phot, z, lab_mask, spec, mc)
+    model, report = train_sdgm(data, affine_map(spec, scaler), mc, tc, basis)
+    if mc.decoder == "sed":
+        dec = model.sed_decoder
+        report["intrinsic_error"] = float(dec.intrinsic_frac.detach())
+        report["zero_point_offsets_mag"] = dict(zip(spec.bands, map(float, dec.zero_point_offsets_mag())))
+        log.info("sed decoder: intrinsic error %.4f; zero-point offsets (mag) %s", report["intrinsic_error"],
+                 {k: round(v, 4) for k, v in report["zero_point_offsets_mag"].items()})
+    if mc.prior == "bpz":
+        report["bpz_prior"] = dict(zip(("alpha", "z0", "km", "m0", "alpha_slope"),
+                                       map(float, model.p_z_given_m.params_numpy())))
     validation_index = np.asarray(report.pop("validation_index"))
     model_dict = model_to_dict(model, spec, scaler, tc, report)
     if tc.calibrate:
@@ -140,8 +207,15 @@ class Predictor:
     _jax_params: Any = field(default=None, repr=False, compare=False)
 
     def features(self, table: Mapping[str, Any]) -> tuple[np.ndarray, Photometry]:
+        """The standardised features x (N, D_x) of a table, and its cleaned photometry."""
         phot = clean_photometry(table, self.spec)
         return features(phot, self.spec, self.scaler), phot
+
+    def observations(self, table: Mapping[str, Any]) -> tuple[np.ndarray, Photometry]:
+        """The observation rows (N, dim_obs) of a table (:mod:`photovaez.observations`): the features,
+        then the decoder's columns; and its cleaned photometry."""
+        x, phot = self.features(table)
+        return observation_rows(x, decoder_columns(phot, self.spec, self.model.config)), phot
 
     @property
     def temperature(self) -> float:
@@ -240,7 +314,7 @@ def estimate(
         keys = COMMON_ANCIL + m.ancil + (LOG_PX_ANCIL if with_log_px else ())
         dtypes = {"n_nondetect": np.int16, "n_bad_error": np.int16, "pdf_flag": np.int8}
         return np.zeros((0, len(zgrid))), {k: np.zeros(0, dtypes.get(k, np.float64)) for k in keys}
-    x, phot = predictor.features(table)
+    x, phot = predictor.observations(table)
     r = m.run(predictor, x, zgrid, int(n_samples or m.default_n_samples), seed, index_offset, device, **settings)
     pdfs, flag = normalise(zgrid, r.pdf)
     ancil = point_estimates(zgrid, pdfs)
@@ -263,7 +337,7 @@ def log_px(predictor: Predictor, table: Mapping[str, Any], n_importance: int = 2
 
     if _n_rows(table) == 0:
         return np.zeros(0)
-    x, _ = predictor.features(table)
+    x, _ = predictor.observations(table)
     return post.log_px(predictor.jax_params, x, n_importance=n_importance, seed=seed, index_offset=index_offset).log_px
 
 

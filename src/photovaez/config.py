@@ -24,9 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["option", "Option", "options", "Config", "ModelConfig", "TrainConfig", "EstimateConfig", "ACTIVATIONS"]
+__all__ = ["option", "Option", "options", "Config", "ModelConfig", "TrainConfig", "EstimateConfig", "ACTIVATIONS",
+           "DECODERS", "REDSHIFT_PRIORS"]
 
 ACTIVATIONS = ("silu", "tanh", "relu", "gelu")
+DECODERS = ("mlp", "sed")
+REDSHIFT_PRIORS = ("auto", "lognormal", "bpz")
 
 
 def option(default: Any, help: str, *, internal: bool = False) -> Any:
@@ -104,6 +107,9 @@ class ModelConfig(Config):
     """
 
     dim_x: int = option(11, "number of input features D_x (set from the feature spec)", internal=True)
+    n_bands: int = option(6, "number of photometric bands (set from the feature spec)", internal=True)
+    reference_band_index: int = option(-1, "index of the reference band among the bands (set from prior_band and "
+                                       "the feature spec; -1 = none)", internal=True)
     dim_a: int = option(10, "dimension A of the latent variable a")
     dim_b: int = option(10, "dimension B of the auxiliary variable b")
     hidden: list[int] = option([512, 256, 128], "hidden-layer widths of every network")
@@ -114,6 +120,35 @@ class ModelConfig(Config):
     logvar_max: float = option(4.0, "soft upper bound of every network's log-variance")
     x_logvar_min: float = option(-7.0, "soft lower bound of the decoder p(x|a,b,z) log-variance (the features are "
                                  "standardised)")
+    decoder: str = option("mlp", "generative model of the photometry p(x|a,b,z): mlp (a Gaussian MLP over the "
+                          "standardised features) or sed (rest-frame SED templates times a learned correction, "
+                          "redshifted through the bands' filter curves; flux-space likelihood with the catalogue's "
+                          "errors and a learned intrinsic error)")
+    templates: str = option("cwwsb4", "sed decoder: the template set: cwwsb4 (RAIL's 8 CWW+SB templates), cosmos "
+                            "(RAIL's 31 COSMOS templates), or the path (or 'rail:<path>') of a .list file or an SED file")
+    filters: list[str] = option([], "sed decoder: one filter curve per band, in the feature spec's band order: a file "
+                                "(e.g. RAIL's FILTER/*.res), 'rail:<path inside RAIL>' or a speclite name (sdss2010-r, "
+                                "wise2010-W1, lsst2023-i, ...); [] = the curves of the feature preset the bands are "
+                                "(lsst, sdss_mgs, sdss_wise)")
+    n_correction: int = option(8, "sed decoder: cubic B-splines in rest-frame ln(wavelength) of the smooth SED "
+                               "correction (0 = the plain template mixture)")
+    correction_max: float = option(0.3, "sed decoder: bound c_max < 1 on each correction coefficient (the corrected "
+                                   "SED stays positive)")
+    sed_hidden: list[int] = option([64, 64], "sed decoder: hidden widths of the network from the type a to the "
+                                   "template weights and the correction")
+    sed_uses_b: bool = option(False, "sed decoder: the SED depends on b as well as on a")
+    intrinsic_error: float = option(0.05, "sed decoder: initial intrinsic (template) fractional flux error, learned")
+    zero_points: bool = option(False, "sed decoder: learn per-band zero-point offsets (L2-regularised by "
+                               "zero_point_sigma; reported in magnitudes)")
+    zero_point_sigma: float = option(0.05, "sed decoder: width of the Gaussian prior on each zero-point offset "
+                                     "(natural-log flux, 0.05 = 0.054 mag)")
+    nondetect_sigma: float = option(5.0, "sed decoder: signal-to-noise of the band limits: a non-detection is the "
+                                    "flux measurement 0 +- limit flux / nondetect_sigma")
+    redshift_prior: str = option("auto", "p(z): lognormal (a trained log-normal), bpz (BPZ's magnitude-dependent "
+                                 "p(z | m_ref), trained on labelled and unlabelled galaxies) or auto (bpz with the "
+                                 "sed decoder, lognormal with the mlp one)")
+    prior_band: str = option("", "the magnitude column m_ref of the bpz prior, also the band whose flux the sed "
+                             "decoder's amplitude is; '' = the i band (a column named i, *_i or *_i_*)")
 
     def __post_init__(self) -> None:
         self.hidden = [int(h) for h in self.hidden]
@@ -124,6 +159,39 @@ class ModelConfig(Config):
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.logvar_min < self.logvar_max or not self.x_logvar_min < self.logvar_max:
             raise ValueError("ModelConfig: logvar_min and x_logvar_min must be below logvar_max")
+        self.sed_hidden = [int(h) for h in self.sed_hidden]
+        self.filters = [str(f) for f in self.filters]
+        if self.decoder not in DECODERS:
+            raise ValueError(f"ModelConfig.decoder: {self.decoder!r} is not one of {list(DECODERS)}")
+        if self.redshift_prior not in REDSHIFT_PRIORS:
+            raise ValueError(f"ModelConfig.redshift_prior: {self.redshift_prior!r} is not one of "
+                             f"{list(REDSHIFT_PRIORS)}")
+        if self.n_correction == 1 or self.n_correction < 0:
+            raise ValueError(f"ModelConfig.n_correction must be 0 or >= 2, got {self.n_correction}")
+        if not 0.0 <= self.correction_max < 1.0:
+            raise ValueError(f"ModelConfig.correction_max must be in [0, 1), got {self.correction_max}")
+        for name in ("intrinsic_error", "zero_point_sigma", "nondetect_sigma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def prior(self) -> str:
+        """The p(z) in use: ``redshift_prior`` with ``auto`` resolved (bpz for sed, lognormal for mlp)."""
+        if self.redshift_prior == "auto":
+            return "bpz" if self.decoder == "sed" else "lognormal"
+        return self.redshift_prior
+
+    @property
+    def n_decoder_columns(self) -> int:
+        """Columns the decoder side reads after the D_x features of an observation row
+        (:mod:`photovaez.observations`): the fluxes and flux errors of the n_bands bands (sed), then
+        m_ref (bpz)."""
+        return (2 * self.n_bands if self.decoder == "sed" else 0) + (1 if self.prior == "bpz" else 0)
+
+    @property
+    def dim_obs(self) -> int:
+        """Width of an observation row: D_x features and :attr:`n_decoder_columns`."""
+        return self.dim_x + self.n_decoder_columns
 
 
 @dataclass

@@ -10,6 +10,13 @@ as numpy arrays, and :func:`export_params` turns it into a pytree::
         "static": StaticConfig(...)   # sizes, activation, log-variance bounds (no leaves)
     }
 
+With ``decoder = "sed"`` there is no ``p_x_given_abz`` network; ``params["sed"]`` is the SED
+decoder's pytree (:func:`photovaez.export_sed.sed_params`).  With the ``bpz`` prior there is no
+``prior_mu_z`` / ``prior_log_sigma2_z``; ``params["p_z_given_m"]`` holds the constrained
+:class:`~photovaez.redshift_prior.BPZPriorParams`.  The functions that read a galaxy take its
+observation row (:mod:`photovaez.observations`): the encoder networks use its first D_x columns
+(so plain features work for them too), :func:`log_p_x_given_abz` and :func:`log_p_z` the rest.
+
 ``torch.nn.Linear`` stores ``W`` as (out, in) and computes ``x @ W.T + c``; the export transposes
 once so that every layer here is ``h @ W + c``.  The static settings are a pytree node without
 leaves (:func:`jax.tree_util.register_static`), so ``params`` passes through ``jit``/``vmap``
@@ -48,6 +55,7 @@ __all__ = [
     "p_b_given_az",
     "p_x_given_abz",
     "log_normal_diag",
+    "log_p_x_given_abz",
     "log_p_a",
     "log_p_z",
     "log_q_z_given_bx",
@@ -70,6 +78,20 @@ class StaticConfig:
     logvar_min: float
     logvar_max: float
     x_logvar_min: float
+    decoder: str = "mlp"
+    prior: str = "lognormal"
+    n_bands: int = 0
+    sed_uses_b: bool = False
+
+    @property
+    def dim_obs(self) -> int:
+        """Width of an observation row (:attr:`photovaez.config.ModelConfig.dim_obs`)."""
+        return self.dim_x + (2 * self.n_bands if self.decoder == "sed" else 0) + (1 if self.prior == "bpz" else 0)
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The Gaussian MLPs of the model (no ``p_x_given_abz`` with the sed decoder)."""
+        return NETWORKS if self.decoder == "mlp" else NETWORKS[:-1]
 
     def bounds(self, net: str) -> tuple[float, float]:
         """(lo, hi) log-variance bounds of network ``net``."""
@@ -125,23 +147,43 @@ def export_params(model_dict: Mapping[str, Any], dtype: Any = jnp.float32) -> di
     """
     state = model_dict["state"]
     mc = dict(model_dict["model_config"])
+    decoder = str(mc.get("decoder", "mlp"))
+    redshift_prior = str(mc.get("redshift_prior", "lognormal"))
+    prior = ("bpz" if decoder == "sed" else "lognormal") if redshift_prior == "auto" else redshift_prior
     static = StaticConfig(
         dim_x=int(mc["dim_x"]), dim_a=int(mc["dim_a"]), dim_b=int(mc["dim_b"]),
         activation=str(mc.get("activation", "silu")),
         per_dim_variance=bool(mc.get("per_dim_variance", False)),
         logvar_min=float(mc.get("logvar_min", -9.0)), logvar_max=float(mc.get("logvar_max", 4.0)),
         x_logvar_min=float(mc.get("x_logvar_min", mc.get("logvar_min", -9.0))),
+        decoder=decoder, prior=prior, n_bands=int(mc.get("n_bands", 0)),
+        sed_uses_b=bool(mc.get("sed_uses_b", False)),
     )
     _activation(static.activation)
-    params: dict[str, Any] = {net: _net_params(state, f"{net}_net", dtype) for net in NETWORKS}
-    for name in ("prior_mu_z", "prior_log_sigma2_z", "logz_mean", "logz_std"):
+    params: dict[str, Any] = {net: _net_params(state, f"{net}_net", dtype) for net in static.networks}
+    scalars = ("logz_mean", "logz_std") + (("prior_mu_z", "prior_log_sigma2_z") if prior == "lognormal" else ())
+    for name in scalars:
         params[name] = jnp.asarray(np.asarray(state[name], dtype=np.float64), dtype=dtype)
-    for net in NETWORKS:
+    for net in static.networks:
         w, _ = params[net]["head"]
         d = static.out_dim(net)
         want = 2 * d if static.per_dim_variance else d + 1
         if w.shape[1] != want:
             raise ValueError(f"{net}: head has {w.shape[1]} outputs, model_config implies {want}")
+    if decoder == "sed":
+        from .export_sed import sed_decoder_from_state, sed_params
+
+        exported = sed_decoder_from_state(state, "sed_decoder", {
+            "a_dim": static.dim_a, "b_dim": static.dim_b if static.sed_uses_b else 0, "activation": static.activation,
+            "correction_max": float(mc["correction_max"]), "reference_band": int(mc.get("reference_band_index", -1))})
+        params["sed"] = sed_params(exported, dtype)
+    if prior == "bpz":
+        from .redshift_prior import BPZPriorRaw, constrain
+
+        raw = BPZPriorRaw(*(np.asarray(state[f"p_z_given_m.{k}"], dtype=np.float64)
+                            for k in ("alpha_raw", "z0_raw", "km", "alpha_slope")))
+        bpz = constrain(raw, np.asarray(state["p_z_given_m.m0"], dtype=np.float64), np)
+        params["p_z_given_m"] = type(bpz)(*(jnp.asarray(v, dtype=dtype) for v in bpz))
     params["static"] = static
     return params
 
@@ -195,19 +237,20 @@ def z_input(params: Mapping[str, Any], z: jnp.ndarray) -> jnp.ndarray:
 
 
 def q_b_given_x(params: Mapping[str, Any], x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """q(b | x): mean and log-variance, shape (..., B)."""
-    return gaussian_mlp(params["q_b_given_x"], params["static"], "q_b_given_x", x)
+    """q(b | x): mean and log-variance, shape (..., B); ``x`` may be observation rows."""
+    return gaussian_mlp(params["q_b_given_x"], params["static"], "q_b_given_x", x[..., :params["static"].dim_x])
 
 
 def q_z_given_bx(params: Mapping[str, Any], b: jnp.ndarray, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """q(z | b, x) = LogNormal: mean and log-variance of log z, shape (..., 1)."""
-    return gaussian_mlp(params["q_z_given_bx"], params["static"], "q_z_given_bx", x, b)
+    """q(z | b, x) = LogNormal: mean and log-variance of log z, shape (..., 1); ``x`` may be observation rows."""
+    return gaussian_mlp(params["q_z_given_bx"], params["static"], "q_z_given_bx", x[..., :params["static"].dim_x], b)
 
 
 def q_a_given_xbz(params: Mapping[str, Any], x: jnp.ndarray, b: jnp.ndarray, z: jnp.ndarray
                   ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """q(a | x, b, z): mean and log-variance, shape (..., A); ``z`` has the batch shape."""
-    return gaussian_mlp(params["q_a_given_xbz"], params["static"], "q_a_given_xbz", x, b, z_input(params, z))
+    return gaussian_mlp(params["q_a_given_xbz"], params["static"], "q_a_given_xbz", x[..., :params["static"].dim_x], b,
+                        z_input(params, z))
 
 
 def p_b_given_az(params: Mapping[str, Any], a: jnp.ndarray, z: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -231,8 +274,32 @@ def log_p_a(a: jnp.ndarray) -> jnp.ndarray:
     return -0.5 * jnp.sum(_LOG_2PI + a**2, axis=-1)
 
 
-def log_p_z(params: Mapping[str, Any], z: jnp.ndarray) -> jnp.ndarray:
-    """log p(z) of the trained log-normal prior, with the ``1/z`` Jacobian."""
+def log_p_x_given_abz(params: Mapping[str, Any], obs: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, z: jnp.ndarray
+                      ) -> jnp.ndarray:
+    """log p(x | a, b, z) of observation rows ``obs`` (..., dim_obs): the mlp decoder's Gaussian of
+    the features, or the sed decoder's flux likelihood of the rows' fluxes (amplitude marginalised,
+    :func:`photovaez.export_sed.sed_log_p_x_given_abz`)."""
+    from .observations import split_observation
+
+    st = params["static"]
+    x, cols = split_observation(obs, st)
+    if st.decoder == "sed":
+        from .export_sed import sed_log_p_x_given_abz
+
+        return sed_log_p_x_given_abz(params["sed"], cols.flux, cols.flux_err, a, z, b if st.sed_uses_b else None)
+    return log_normal_diag(x, *p_x_given_abz(params, a, b, z))
+
+
+def log_p_z(params: Mapping[str, Any], z: jnp.ndarray, obs: jnp.ndarray | None = None) -> jnp.ndarray:
+    """log p(z) of the trained prior, with the ``1/z`` Jacobian: the log-normal, or BPZ's p(z | m_ref)
+    at the m_ref of the observation rows ``obs`` (which the bpz prior needs; ``z`` and ``obs[..., -1]``
+    broadcast)."""
+    if params["static"].prior == "bpz":
+        from .redshift_prior import log_p_z_given_m
+
+        if obs is None:
+            raise ValueError("log_p_z: the bpz prior needs the observation rows (their m_ref)")
+        return log_p_z_given_m(z, obs[..., -1], params["p_z_given_m"], jnp)
     logz = jnp.log(z)
     s2 = params["prior_log_sigma2_z"]
     return -0.5 * (_LOG_2PI + s2 + (logz - params["prior_mu_z"]) ** 2 * jnp.exp(-s2)) - logz

@@ -9,7 +9,7 @@ Two steps, as for the SDGM's networks (:mod:`photovaez.export`):
        "z_grid": (nz,), "flux_table": (nz, T, B), "correction_table": (nz, T, K, B),
        "intrinsic_raw": (), "zero_point_delta": (B,) or None,
        "static": {"a_dim", "b_dim", "n_templates", "n_correction", "n_bands",
-                  "activation", "correction_max"}}
+                  "activation", "correction_max", "reference_band" (-1: none)}}
 
 * :func:`sed_params` turns that dict into a JAX pytree (arrays of one dtype, the settings a
   leaf-less :class:`SEDStaticConfig`), which passes through ``jit``/``vmap``.
@@ -37,7 +37,7 @@ import numpy as np
 from .export import mlp_hidden
 from .flux_likelihood import log_p_flux
 
-__all__ = ["SEDStaticConfig", "export_sed_decoder", "sed_params", "sed_weights_and_correction",
+__all__ = ["SEDStaticConfig", "export_sed_decoder", "sed_decoder_from_state", "sed_params", "sed_weights_and_correction",
            "interpolate_table", "sed_band_fluxes", "sed_log_p_x_given_abz"]
 
 _ACTIVATION_NAMES = {"SiLU": "silu", "Tanh": "tanh", "ReLU": "relu", "GELU": "gelu"}
@@ -56,6 +56,7 @@ class SEDStaticConfig:
     n_bands: int
     activation: str
     correction_max: float
+    reference_band: int = -1
 
 
 def _numpy(t: Any) -> np.ndarray:
@@ -90,7 +91,40 @@ def export_sed_decoder(decoder: Any) -> dict[str, Any]:
         "static": {"a_dim": int(decoder.a_dim), "b_dim": int(decoder.b_dim),
                    "n_templates": int(basis.n_templates), "n_correction": int(basis.n_correction),
                    "n_bands": int(basis.n_bands), "activation": _activation_name(decoder),
-                   "correction_max": float(decoder.correction_max)},
+                   "correction_max": float(decoder.correction_max),
+                   "reference_band": -1 if decoder.reference_band is None else int(decoder.reference_band)},
+    }
+
+
+def sed_decoder_from_state(state: Mapping[str, Any], prefix: str, static: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`export_sed_decoder`'s dict from a model file's ``state`` (numpy arrays), without torch.
+
+    Parameters
+    ----------
+    state
+        The SDGM's ``state_dict`` as arrays (:mod:`photovaez.io`).
+    prefix
+        The decoder's attribute in the SDGM (``"sed_decoder"``).
+    static
+        ``a_dim``, ``b_dim``, ``activation``, ``correction_max`` and ``reference_band`` (the sizes of
+        the tables are read from the tables).
+    """
+    layers = sorted({int(k[len(prefix) + 5:].split(".")[0]) for k in state
+                     if k.startswith(prefix + ".net.") and k.endswith(".weight")})
+    net = [[np.asarray(state[f"{prefix}.net.{i}.weight"]).T.copy(), np.asarray(state[f"{prefix}.net.{i}.bias"])]
+           for i in layers]
+    flux_table = np.asarray(state[f"{prefix}.flux_table"])
+    correction_table = np.asarray(state[f"{prefix}.correction_table"])
+    zp = state.get(f"{prefix}.zero_point_delta")
+    return {
+        "net": net, "z_grid": np.asarray(state[f"{prefix}.z_grid"]), "flux_table": flux_table,
+        "correction_table": correction_table, "intrinsic_raw": np.asarray(state[f"{prefix}.intrinsic_raw"]),
+        "zero_point_delta": None if zp is None else np.asarray(zp),
+        "static": {"a_dim": int(static["a_dim"]), "b_dim": int(static["b_dim"]),
+                   "n_templates": int(flux_table.shape[1]), "n_correction": int(correction_table.shape[2]),
+                   "n_bands": int(flux_table.shape[2]), "activation": str(static["activation"]),
+                   "correction_max": float(static["correction_max"]),
+                   "reference_band": int(static.get("reference_band", -1))},
     }
 
 
@@ -166,4 +200,8 @@ def sed_log_p_x_given_abz(params: Mapping[str, Any], flux: jnp.ndarray, flux_err
     """
     p = sed_params(params)
     eps = jax.nn.softplus(p["intrinsic_raw"]) if intrinsic_frac is None else intrinsic_frac
-    return log_p_flux(flux, flux_err, sed_band_fluxes(p, a, z, b), eps, xp=jnp)
+    model = sed_band_fluxes(p, a, z, b)
+    rb = p["static"].reference_band
+    if rb >= 0:
+        model = model / model[..., rb:rb + 1]
+    return log_p_flux(flux, flux_err, model, eps, xp=jnp)

@@ -11,6 +11,8 @@ Layout (``FORMAT_VERSION`` 1)::
     train_config    TrainConfig.to_dict()
     state           {parameter name: float32 array}  (the SDGM state_dict)
     report          training history and counters (plain numbers and lists)
+    sed_basis       SEDBasis.to_dict(): the sed decoder's template and correction flux tables
+                    (only for model_config decoder "sed")
 
 The file is a pickle of that dict (RAIL's ``.pkl`` model convention) but is read with a
 restricted unpickler that only rebuilds builtin containers/scalars and numpy arrays/dtypes:
@@ -183,9 +185,12 @@ def load_model(path: str | os.PathLike) -> dict:
 
 
 def model_to_dict(model, spec, scaler, train_config, report: Mapping[str, Any] | None = None) -> dict:
-    """Assemble the plain model dict of a trained :class:`photovaez.model.SDGM`."""
+    """Assemble the plain model dict of a trained :class:`photovaez.model.SDGM` (with its
+    ``sed_basis`` when the decoder is ``"sed"``)."""
+    extra = {"sed_basis": model.sed_decoder.basis.to_dict()} if model.config.decoder == "sed" else {}
     return _plain(
         {
+            **extra,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "package_version": __version__,
@@ -207,7 +212,15 @@ def model_from_dict(d: Mapping[str, Any]):
     from .model import SDGM
 
     d = validate_model_dict(dict(d))
-    model = SDGM(ModelConfig.from_dict(d["model_config"]))
+    config = ModelConfig.from_dict(d["model_config"])
+    basis = None
+    if config.decoder == "sed":
+        from .sed_decoder import SEDBasis
+
+        if "sed_basis" not in d:
+            raise ModelFileError("model with decoder 'sed' lacks its sed_basis")
+        basis = SEDBasis.from_dict(d["sed_basis"])
+    model = SDGM(config, basis)
     state = {k: torch.as_tensor(np.asarray(v)) for k, v in d["state"].items()}
     try:
         model.load_state_dict(state)

@@ -56,7 +56,8 @@ def _log_densities_given_z(model: SDGM, xs: torch.Tensor, b: torch.Tensor, z: to
     model
         The SDGM.
     xs
-        Features expanded to (S, N, D_x).
+        Observation rows (:mod:`photovaez.observations`; the features x for the mlp decoder and
+        the lognormal prior) expanded to (S, N, dim_obs).
     b
         Draws of q(b|x), (S, N, B).
     z
@@ -72,10 +73,10 @@ def _log_densities_given_z(model: SDGM, xs: torch.Tensor, b: torch.Tensor, z: to
         ``log_qa`` (log q(a|x,b,z)).  The caller adds ``log_qb`` and ``log_qz``.
     """
     return {
-        "log_p_x_given_abz": model.p_x_given_abz(a, b, z).log_prob(xs),
+        "log_p_x_given_abz": model.log_p_x_given_abz(xs, a, b, z),
         "log_pb": model.p_b_given_az(a, z).log_prob(b),
         "log_pa": model.p_a(a).log_prob(a),
-        "log_pz": model.p_z().log_prob(z),
+        "log_pz": model.log_p_z(z, xs),
         "log_qa": q_a.log_prob(a),
     }
 
@@ -104,7 +105,8 @@ def labelled_terms(
     model
         The SDGM.
     x
-        Standardised features (N, D_x).
+        Observation rows (N, dim_obs): the standardised features, then the decoder's columns
+        (:mod:`photovaez.observations`).
     z
         True redshifts (N,).
     alpha
@@ -144,7 +146,7 @@ def unlabelled_terms(model: SDGM, x: torch.Tensor, n_samples: int = 1, noise: No
     model
         The SDGM.
     x
-        Standardised features (N, D_x).
+        Observation rows (N, dim_obs).
     n_samples
         Reparameterised draws per galaxy.
     noise
@@ -184,7 +186,7 @@ def batch_loss(
     Parameters
     ----------
     x
-        Standardised features (n, D_x).
+        Observation rows (n, dim_obs).
     z
         Redshifts (n,); ignored where ``labelled`` is False.
     labelled

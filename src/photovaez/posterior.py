@@ -1,6 +1,8 @@
 """The model posterior p(z | x) of a trained SDGM (SPEC "Photo-z estimation" 2, draft Eq. 23-25).
 
 Everything here is JAX, on the parameter pytree of :func:`photovaez.export.export_params`.
+A galaxy's ``x`` is its observation row (:mod:`photovaez.observations`): the features, and for the
+sed decoder and the bpz prior the fluxes, their errors and m_ref, which the decoder and p(z) read.
 
 Importance-sampled joint
 ------------------------
@@ -47,9 +49,9 @@ from scipy.special import logsumexp as scipy_logsumexp
 from .export import (
     log_normal_diag,
     log_p_a,
+    log_p_x_given_abz,
     log_p_z,
     p_b_given_az,
-    p_x_given_abz,
     q_a_given_xbz,
     q_b_given_x,
     q_z_given_bx,
@@ -120,8 +122,7 @@ def _log_weights_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb:
     a = mu_a + jnp.exp(0.5 * logvar_a) * eps_a
     log_qa = _log_normal_at_draw(logvar_a, eps_a)
     log_pb = log_normal_diag(b, *p_b_given_az(params, a, zn))
-    log_p_x_given_abz = log_normal_diag(xn, *p_x_given_abz(params, a, b, zn))
-    return log_p_x_given_abz + log_pb + log_p_a(a) - log_qa - log_qb
+    return log_p_x_given_abz(params, xn, a, b, zn) + log_pb + log_p_a(a) - log_qa - log_qb
 
 
 def log_weights(params: Params, x: jnp.ndarray, z: jnp.ndarray, eps_b: jnp.ndarray, eps_a: jnp.ndarray
@@ -138,7 +139,7 @@ def log_weights(params: Params, x: jnp.ndarray, z: jnp.ndarray, eps_b: jnp.ndarr
 def _log_joint_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray,
                        eps_a: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
     lw = _log_weights_given_b(params, x, b, log_qb, eps_a, z)
-    return log_p_z(params, z) + logsumexp(lw) - math.log(lw.shape[0])
+    return log_p_z(params, z, x) + logsumexp(lw) - math.log(lw.shape[0])
 
 
 def log_joint(params: Params, x: jnp.ndarray, z: jnp.ndarray, eps_b: jnp.ndarray, eps_a: jnp.ndarray
@@ -175,13 +176,14 @@ def _chunks(n: int, size: int):
 
 def _as_x(x: np.ndarray, params: Params) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != params["static"].dim_x:
-        raise ValueError(f"x must be (n_galaxies, {params['static'].dim_x}), got {x.shape}")
+    if x.ndim != 2 or x.shape[1] != params["static"].dim_obs:
+        raise ValueError(f"x must be observation rows (n_galaxies, {params['static'].dim_obs}) "
+                         f"(photovaez.observations), got {x.shape}")
     return x
 
 
 def _dtype(params: Params):
-    return params["prior_mu_z"].dtype
+    return params["logz_mean"].dtype
 
 
 @partial(jax.jit, static_argnames=("n",))
@@ -200,7 +202,7 @@ def _pairs(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray, 
     """log p(x, z) and the Kish ESS of the weights for (galaxy-in-chunk, z) pairs."""
     def one(g, zz):
         lw = _log_weights_given_b(params, x[g], b[g], log_qb[g], eps_a[g], zz)
-        lj = log_p_z(params, zz) + logsumexp(lw) - math.log(lw.shape[0])
+        lj = log_p_z(params, zz, x[g]) + logsumexp(lw) - math.log(lw.shape[0])
         return lj, kish_ess(lw)
     return jax.vmap(one)(gi, z)
 
@@ -485,8 +487,8 @@ def _joint_proposal(params: Params, x: jnp.ndarray, key: jax.Array, n: int) -> t
     mu_a, lv_a = q_a_given_xbz(params, xn, b, z)
     a = mu_a + jnp.exp(0.5 * lv_a) * eps_a
     log_qa = _log_normal_at_draw(lv_a, eps_a)
-    lw = (log_normal_diag(xn, *p_x_given_abz(params, a, b, z)) + log_normal_diag(b, *p_b_given_az(params, a, z))
-          + log_p_a(a) + log_p_z(params, z) - log_qa - log_qz - log_qb)
+    lw = (log_p_x_given_abz(params, xn, a, b, z) + log_normal_diag(b, *p_b_given_az(params, a, z))
+          + log_p_a(a) + log_p_z(params, z, xn) - log_qa - log_qz - log_qb)
     return u, lw
 
 

@@ -265,6 +265,12 @@ class RestFrameSEDDecoder(nn.Module):
         Learn per-band zero-point offsets exp(delta_j) on the model fluxes (init 0).
     zero_point_sigma : float
         The width of :meth:`zero_point_penalty`'s Gaussian prior on delta_j (natural-log flux).
+    reference_band : int, optional
+        If given, the likelihood's amplitude is the flux in this band: the model fluxes are divided
+        by their value in it before :func:`~photovaez.flux_likelihood.log_p_flux`, so the flat
+        amplitude prior is a flat prior on that band's flux, the same for every type and redshift
+        (without it, a template that is faint through the bands at some z would be favoured there
+        by the marginal's 1/amplitude-scale factor).
     dtype : torch.dtype
         Of the tables and the parameters (default float32).  Build a float64 decoder with
         ``dtype=torch.float64``: ``.double()`` on a float32 one keeps the tables' float32 rounding.
@@ -273,13 +279,17 @@ class RestFrameSEDDecoder(nn.Module):
     def __init__(self, basis: SEDBasis, a_dim: int, b_dim: int = 0, hidden: Sequence[int] = (64, 64),
                  activation: str = "silu", correction_max: float = DEFAULT_CORRECTION_MAX,
                  intrinsic_frac: float = 0.05, zero_points: bool = False, zero_point_sigma: float = 0.05,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 reference_band: int | None = None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if not 0.0 <= correction_max < 1.0:
             raise ValueError(f"RestFrameSEDDecoder: correction_max must be in [0, 1), got {correction_max}")
         if not intrinsic_frac > 0 or not zero_point_sigma > 0:
             raise ValueError("RestFrameSEDDecoder: intrinsic_frac and zero_point_sigma must be > 0")
+        if reference_band is not None and not 0 <= int(reference_band) < basis.n_bands:
+            raise ValueError(f"RestFrameSEDDecoder: reference_band {reference_band} is not a band index "
+                             f"(0..{basis.n_bands - 1})")
         self.basis = basis
+        self.reference_band = None if reference_band is None else int(reference_band)
         self.a_dim, self.b_dim = int(a_dim), int(b_dim)
         self.correction_max = float(correction_max)
         self.zero_point_sigma = float(zero_point_sigma)
@@ -362,10 +372,14 @@ class RestFrameSEDDecoder(nn.Module):
                           b: torch.Tensor | None = None, intrinsic_frac: Any = None) -> torch.Tensor:
         """log p(fluxes | a, b, z) (...): :func:`photovaez.flux_likelihood.log_p_flux` of the model fluxes.
 
-        The amplitude is marginalised (flat prior A >= 0); ``intrinsic_frac`` defaults to the learned one.
+        The amplitude is marginalised (flat prior A >= 0; A the flux in ``reference_band`` when
+        that is set); ``intrinsic_frac`` defaults to the learned one.
         """
         eps = self.intrinsic_frac if intrinsic_frac is None else intrinsic_frac
-        return log_p_flux(flux, flux_err, self.band_fluxes(a, z, b), eps, xp=torch)
+        model = self.band_fluxes(a, z, b)
+        if self.reference_band is not None:
+            model = model / model[..., self.reference_band:self.reference_band + 1]
+        return log_p_flux(flux, flux_err, model, eps, xp=torch)
 
     def zero_point_penalty(self) -> torch.Tensor:
         """sum_j delta_j^2 / (2 sigma^2), the L2 penalty on the zero-point offsets (0 when they are off)."""

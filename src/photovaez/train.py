@@ -38,15 +38,22 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainingArrays:
     """Training set as arrays: raw values ``v`` (N, B+E), their errors (N, B+E; zero for extras),
-    redshifts (N,; NaN where unlabelled) and the labelled mask (N,)."""
+    redshifts (N,; NaN where unlabelled), the labelled mask (N,) and the decoder's columns (N, k)
+    of the observation rows (:func:`photovaez.observations.decoder_columns`; k = 0 for the mlp
+    decoder with the lognormal prior)."""
 
     values: np.ndarray
     errors: np.ndarray
     z: np.ndarray
     labelled: np.ndarray
+    decoder_columns: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labelled = np.asarray(self.labelled, bool)
+        if self.decoder_columns is None:
+            self.decoder_columns = np.zeros((len(self.z), 0))
+        if len(self.decoder_columns) != len(self.z) or not np.all(np.isfinite(self.decoder_columns)):
+            raise ValueError("TrainingArrays: decoder_columns must have one finite row per galaxy")
         if not np.all(np.isfinite(self.z[self.labelled]) & (self.z[self.labelled] > 0)):
             raise ValueError("TrainingArrays: labelled redshifts must be finite and > 0")
 
@@ -54,7 +61,8 @@ class TrainingArrays:
         return len(self.z)
 
     def subset(self, idx: np.ndarray) -> TrainingArrays:
-        return TrainingArrays(self.values[idx], self.errors[idx], self.z[idx], self.labelled[idx])
+        return TrainingArrays(self.values[idx], self.errors[idx], self.z[idx], self.labelled[idx],
+                              self.decoder_columns[idx])
 
 
 def resolve_device(device: str = "auto", rank: int | None = None) -> torch.device:
@@ -84,12 +92,15 @@ class TensorArrays:
         Redshifts (N,); 1.0 where unlabelled (a placeholder the loss never reads).
     labelled
         Boolean mask (N,).
+    decoder_columns
+        The decoder's columns of the observation rows (N, k), never resampled.
     """
 
     values: torch.Tensor
     errors: torch.Tensor
     z: torch.Tensor
     labelled: torch.Tensor
+    decoder_columns: torch.Tensor
 
     @classmethod
     def of(cls, data: TrainingArrays, device: torch.device) -> TensorArrays:
@@ -97,10 +108,17 @@ class TensorArrays:
         f32 = dict(dtype=torch.float32, device=device)
         return cls(torch.as_tensor(data.values, **f32), torch.as_tensor(data.errors, **f32),
                    torch.as_tensor(np.where(data.labelled, data.z, 1.0), **f32),
-                   torch.as_tensor(data.labelled, device=device))
+                   torch.as_tensor(data.labelled, device=device), torch.as_tensor(data.decoder_columns, **f32))
 
     def __len__(self) -> int:
         return len(self.z)
+
+    def observations(self, features: AffineFeatures, values: torch.Tensor, idx: Any = slice(None)) -> torch.Tensor:
+        """Observation rows ``[x | decoder columns]`` of rows ``idx``, x = ``features(values)``."""
+        x = features(values)
+        if self.decoder_columns.shape[1] == 0:
+            return x
+        return torch.cat([x, self.decoder_columns[idx]], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -222,7 +240,7 @@ def checkpoint_key(data: TrainingArrays, feature_map: tuple[np.ndarray, np.ndarr
     import json
 
     h = hashlib.sha256(CHECKPOINT_FORMAT.encode())
-    for a in (data.values, data.errors, data.z, data.labelled, *feature_map):
+    for a in (data.values, data.errors, data.z, data.labelled, data.decoder_columns, *feature_map):
         a = np.ascontiguousarray(a)
         h.update(str((a.dtype.str, a.shape)).encode())
         h.update(a.tobytes())
@@ -341,7 +359,7 @@ class TrainingState:
 
     @classmethod
     def create(cls, model_config: ModelConfig, config: TrainConfig, train: TrainingArrays,
-               device: torch.device) -> TrainingState:
+               device: torch.device, sed_basis: Any = None) -> TrainingState:
         """The state before the first epoch, every random number seeded by ``config.seed``.
 
         Parameters
@@ -349,14 +367,21 @@ class TrainingState:
         model_config, config
             Network and training settings.
         train
-            The training rows (they set the redshift scale and the steps per epoch).
+            The training rows (they set the redshift scale, the bpz prior's start and the steps
+            per epoch).
         device
             Where to train.
+        sed_basis
+            The sed decoder's tables (:func:`photovaez.sed_decoder.sed_basis`).
         """
         torch.manual_seed(config.seed)
-        model = SDGM(model_config)
+        model = SDGM(model_config, sed_basis)
         logz = np.log(train.z[train.labelled])
         model.set_redshift_scale(float(logz.mean()), float(max(logz.std(), 0.05)))
+        if model_config.prior == "bpz":  # start p(z | m) at the labels' maximum-likelihood fit
+            m_ref = train.decoder_columns[train.labelled, -1]
+            nll = model.p_z_given_m.init_from_labels(train.z[train.labelled], m_ref)
+            log.info("bpz prior p(z | m) initialised on %d labels: mean -log p = %.3f", len(m_ref), nll)
         model.to(device)
         steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -466,7 +491,9 @@ def train_epoch(state: TrainingState, data: TensorArrays, features: AffineFeatur
         v = data.values[idx]
         if config.resample:
             v = resample_values(v, data.errors[idx], config.resample_scale, state.generator)
-        loss, _ = batch_loss(state.model, features(v), data.z[idx], data.labelled[idx], alpha, config.n_mc_train)
+        loss, _ = batch_loss(state.model, data.observations(features, v, idx), data.z[idx], data.labelled[idx],
+                             alpha, config.n_mc_train)
+        loss = loss + state.model.regulariser() / len(data)  # the global prior, once per pass over the data
         if state.step(loss):
             total += float(loss.detach()) * len(idx)
             n += len(idx)
@@ -503,7 +530,8 @@ def validation_loss(model: SDGM, data: TensorArrays, features: AffineFeatures, a
         total = 0.0
         for s in range(0, len(data), chunk):
             sl = slice(s, s + chunk)
-            loss, _ = batch_loss(model, features(data.values[sl]), data.z[sl], data.labelled[sl], alpha, n_samples)
+            loss, _ = batch_loss(model, data.observations(features, data.values[sl], sl), data.z[sl],
+                                 data.labelled[sl], alpha, n_samples)
             total += float(loss) * (min(s + chunk, len(data)) - s)
     return total / len(data)
 
@@ -554,6 +582,7 @@ def train_sdgm(
     feature_map: tuple[np.ndarray, np.ndarray],
     model_config: ModelConfig,
     config: TrainConfig,
+    sed_basis: Any = None,
 ) -> tuple[SDGM, dict[str, Any]]:
     """Train an SDGM on labelled + unlabelled galaxies.
 
@@ -565,6 +594,9 @@ def train_sdgm(
         ``(W, c)`` of :func:`photovaez.features.affine_map` (features ``x = v @ W + c``).
     model_config, config
         Network and training settings.
+    sed_basis
+        The sed decoder's tables (:func:`photovaez.sed_decoder.sed_basis`); needed when
+        ``model_config.decoder == "sed"``.
 
     Returns
     -------
@@ -582,7 +614,7 @@ def train_sdgm(
     train_idx, val_idx = validation_split(data, config.validation_fraction, config.seed)
     train, val = data.subset(train_idx), data.subset(val_idx)
     alpha = alpha_weight(int(train.labelled.sum()), int((~train.labelled).sum()))
-    state = TrainingState.create(model_config, config, train, device)
+    state = TrainingState.create(model_config, config, train, device, sed_basis)
     features = AffineFeatures.of(feature_map, device)
     train_t, val_t = TensorArrays.of(train, device), TensorArrays.of(val, device)
 

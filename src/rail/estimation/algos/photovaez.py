@@ -328,6 +328,8 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
     def run(self) -> None:
         from photovaez.api import fit
 
+        from rail.photovaez.data import rail_resolver
+
         training = self._table(self.get_data("input"))
         unlabeled = self._optional_input("unlabeled")
         if unlabeled is not None:
@@ -340,8 +342,9 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
                 model_config=self.model_config,
                 train_config=self.train_config,
                 redshift_col=self.config.redshift_col,
+                resolve=rail_resolver,
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
             raise _stage_error(self, exc) from exc
         report = self.model.get("report", {})
         self.log.info(
