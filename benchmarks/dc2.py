@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """PhotoVAEz benchmark on RAIL's DC2 test sample (and the SDSS MGS sample when it is there).
 
-Scenarios (each trained and estimated in its own subprocess, so that one failure cannot stop the
-others and the peak RSS is per scenario):
+Every scenario runs with each decoder of ``--decoders`` (``ModelConfig.decoder``; default both):
+``mlp``, a Gaussian MLP p(x|a,b,z) over the standardised features, and ``sed``, rest-frame SED
+templates times a learned correction redshifted through the bands' filter curves (RAIL's filter
+files, found by ``rail.photovaez.data.rail_resolver``).  Each (scenario, decoder) pair is trained
+and estimated in its own subprocess, so that one failure cannot stop the others and the peak RSS
+is per run.  Scenarios:
 
 ``full``
     all 10,225 DC2 training galaxies labelled.
@@ -36,16 +40,19 @@ The DC2 scenarios are estimated on all 20,449 validation galaxies on RAIL's defa
 (``linspace(0, 3, 301)``).  Metrics come from :func:`photovaez.metrics.evaluate` (RAIL/qp
 definitions) with the PDF mode as point estimate; the median's point metrics are kept too.
 
-Outputs: ``<out>/dc2.json``, ``<out>/dc2.md`` and
-``<out>/figures/<scenario>_{zphot_zspec,pit,vs_mag,vs_z}.png``.  No model file is written.  With
-``--update`` the scenarios run now replace their earlier results in ``<out>/dc2.json`` and the
-others are kept (each scenario records its own run date, ``run_date``).
+Outputs: ``<out>/dc2.json`` (results keyed ``<scenario>/<decoder>``, e.g. ``biased/sed``),
+``<out>/dc2.md`` (a table per decoder, then mlp against sed and what the unlabelled photometry
+buys) and ``<out>/figures/<scenario>_<decoder>_{zphot_zspec,pit,vs_mag,vs_z,dz}.png``.  No model file
+is written (unless ``--save-models``).  With ``--update`` the (scenario, decoder) runs made now
+replace their earlier results in ``<out>/dc2.json`` and the others are kept (each result records
+its own run date, ``run_date``).
 
 Usage::
 
-    python benchmarks/dc2.py                        # all scenarios, the core's default epochs
-    python benchmarks/dc2.py --epochs 3 --out /tmp/dc2_quick --scenarios full scarce
-    python benchmarks/dc2.py --update --scenarios speczlike biased-nounl speczlike-nounl
+    python benchmarks/dc2.py                        # all scenarios, both decoders, the core's default epochs
+    python benchmarks/dc2.py --epochs 3 --out /tmp/dc2_quick --scenarios full scarce --decoders sed
+    python benchmarks/dc2.py --update --scenarios speczlike,biased --decoders mlp sed
+    python benchmarks/dc2.py --update --decoders sed   # add the sed runs to the mlp ones already there
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ import time
 
 import numpy as np
 
+from photovaez.config import DECODERS as _MODEL_DECODERS
 from photovaez.metrics import POINT_METRICS, metric_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,6 +83,10 @@ ABLATIONS = tuple(s + NOUNL for s in SEMI_SUPERVISED)
 # every scenario, in the order of the tables
 SCENARIOS = ["full", "scarce", "scarce" + NOUNL, "biased", "biased" + NOUNL, "speczlike", "speczlike" + NOUNL,
              "sdss"]
+# the decoders of ModelConfig.decoder, in the order of the tables
+DECODERS = list(_MODEL_DECODERS)
+# every (scenario, decoder) result key of dc2.json, in the order of the file (decoder-major, as the tables)
+RESULT_ORDER = [f"{s}/{d}" for d in DECODERS for s in SCENARIOS]
 N_SCARCE = 500
 BIASED_I_CUT = 21.5
 # speczlike: p_label(i, z) = P0 * sigmoid((I_LIM - i) / W) * (1 if z <= Z0 else exp(-(z - Z0) / TAU))
@@ -96,6 +108,10 @@ TABLE_ROWS = [
     ("sigma_nmad_zmedian", "sigma_NMAD (zmedian)", "{:.4f}"),
     ("outlier_rate_zmedian", "outlier rate (zmedian)", "{:.4f}"),
 ]
+# the columns of the mlp-vs-sed table, each for both decoders (rows of TABLE_ROWS)
+COMPARE_METRICS = ("sigma_nmad", "catastrophic_fraction", "pit_ks", "cdeloss")
+# what the unlabelled photometry buys: these metrics of <s> against <s>-nounl (lower is better for both)
+UNLABELLED_METRICS = ("sigma_nmad", "cdeloss")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,6 +156,27 @@ def parse_scenarios(ap: argparse.ArgumentParser, items: list[str] | None, ablati
     if bad:
         ap.error(f"unknown scenarios {bad}; choose from {SCENARIOS}")
     return scenarios
+
+
+def parse_decoders(ap: argparse.ArgumentParser, items: list[str] | None) -> list[str]:
+    """Decoder names from ``--decoders`` (space- or comma-separated, repeats dropped); default:
+    all of :data:`DECODERS`.  Unknown names are a parser error."""
+    decoders = list(dict.fromkeys(d for item in items for d in item.split(",") if d)) if items else list(DECODERS)
+    bad = [d for d in decoders if d not in DECODERS]
+    if bad or not decoders:
+        ap.error(f"unknown decoders {bad}; choose from {DECODERS}")
+    return decoders
+
+
+def result_key(scenario: str, decoder: str) -> str:
+    """The key of a (scenario, decoder) result in ``dc2.json``: ``"<scenario>/<decoder>"``."""
+    return f"{scenario}/{decoder}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(scenario, decoder) of a :func:`result_key` (decoder ``""`` for a key without one)."""
+    scenario, _, decoder = key.rpartition("/")
+    return (scenario, decoder) if scenario else (key, "")
 
 
 def speczlike_probability(mag_i, z, p0: float = SPECZLIKE["p0"], i_lim: float = SPECZLIKE["i_lim"],
@@ -204,15 +241,21 @@ def scenario_data(name: str) -> dict:
 # one scenario (runs in a subprocess)
 
 
-def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: str | None,
+def run_scenario(name: str, decoder: str, epochs: int | None, seed: int, n_b: int, fig_dir: str | None,
                  model_dir: str | None = None) -> dict:
+    """Train scenario ``name`` with ``ModelConfig.decoder = decoder``, estimate its test set and
+    return its result (metrics, wall times, peak RSS, figure paths), stored under
+    ``result_key(name, decoder)``."""
     import torch
 
     from photovaez import api
     from photovaez.metrics import evaluate, point_metrics
     from photovaez.train import TrainConfig
+    from rail.photovaez.data import rail_resolver
     from rail.photovaez.resources import peak_rss_mb
 
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose from {DECODERS}")
     d = scenario_data(name)
     tc = TrainConfig(seed=seed, progress=False, device="auto")
     if epochs is not None:
@@ -221,14 +264,14 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
     n_unl = 0 if d["unlabelled"] is None else len(next(iter(d["unlabelled"].values())))
 
     t0 = time.perf_counter()
-    model_dict = api.fit(d["labelled"], d["unlabelled"], spec=d["spec"], train_config=tc,
-                         redshift_col=d["redshift_col"])
+    model_dict = api.fit(d["labelled"], d["unlabelled"], spec=d["spec"], model_config={"decoder": decoder},
+                         train_config=tc, redshift_col=d["redshift_col"], resolve=rail_resolver)
     inform_s = time.perf_counter() - t0
     rss_inform = peak_rss_mb()
     if model_dir:
         from photovaez.io import save_model
 
-        save_model(model_dict, os.path.join(model_dir, f"model_{name}.pkl"))
+        save_model(model_dict, os.path.join(model_dir, f"model_{name}_{decoder}.pkl"))
 
     t0 = time.perf_counter()
     predictor = api.load_predictor(model_dict)
@@ -242,6 +285,7 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
     rep = model_dict.get("report", {})
     out = {
         "scenario": name,
+        "decoder": decoder,
         "n_labelled": int(n_lab),
         "n_unlabelled": int(n_unl),
         "n_estimated": int(len(ztrue)),
@@ -266,14 +310,18 @@ def run_scenario(name: str, epochs: int | None, seed: int, n_b: int, fig_dir: st
     if fig_dir:
         from photovaez import plots
 
+        def fig(kind):
+            return os.path.join(fig_dir, f"{name}_{decoder}_{kind}.png")
+
+        title = f"PhotoVAEz, {name} ({decoder} decoder)"
         out["figures"] = [
-            plots.plot_zphot_zspec(d["zgrid"], pdfs, ztrue, os.path.join(fig_dir, f"{name}_zphot_zspec.png"),
-                                   zpoint=ancil["zmode"], title=f"PhotoVAEz, {name}"),
-            plots.plot_pit_hist(d["zgrid"], pdfs, ztrue, os.path.join(fig_dir, f"{name}_pit.png"),
-                                title=f"PhotoVAEz, {name}"),
-            plots.plot_metrics_vs_mag(d["zgrid"], pdfs, ztrue, np.asarray(d["mag"]),
-                                      os.path.join(fig_dir, f"{name}_vs_mag.png"), mag_label=d["mag_name"]),
-            plots.plot_metrics_vs_z(d["zgrid"], pdfs, ztrue, os.path.join(fig_dir, f"{name}_vs_z.png")),
+            plots.plot_zphot_zspec(d["zgrid"], pdfs, ztrue, fig("zphot_zspec"), zpoint=ancil["zmode"], title=title),
+            plots.plot_pit_hist(d["zgrid"], pdfs, ztrue, fig("pit"), title=title),
+            plots.plot_metrics_vs_mag(d["zgrid"], pdfs, ztrue, np.asarray(d["mag"]), fig("vs_mag"),
+                                      mag_label=d["mag_name"]),
+            plots.plot_metrics_vs_z(d["zgrid"], pdfs, ztrue, fig("vs_z")),
+            plots.plot_dz_vs_mag_and_z(ancil["zmode"], ztrue, np.asarray(d["mag"]), fig("dz"),
+                                       mag_label=d["mag_name"], title=f"{title}: zmode"),
         ]
     return out
 
@@ -283,7 +331,7 @@ def _worker(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    res = run_scenario(args.worker, args.epochs, args.seed, args.n_b, args.fig_dir, args.save_models)
+    res = run_scenario(args.worker, args.decoder, args.epochs, args.seed, args.n_b, args.fig_dir, args.save_models)
     with open(args.result, "w") as fh:
         json.dump(res, fh, indent=1, default=float)
     return 0
@@ -296,7 +344,8 @@ def _worker(args) -> int:
 def merge_scenarios(old: dict, new: dict, order: list[str] | None = None, combine=None) -> dict:
     """Per-scenario results of an earlier run (``old``) updated with those of this run (``new``):
     a scenario in ``new`` replaces the old one (or, with ``combine``, becomes ``combine(old[s],
-    new[s])``), the others are kept.  Ordered as ``order`` (default :data:`SCENARIOS`), then any
+    new[s])``), the others are kept.  Ordered as ``order`` (default :data:`SCENARIOS`, the keys of
+    ``benchmarks/compare.py``; this script's keys are ordered by :data:`RESULT_ORDER`), then any
     other names in the order first seen."""
     order = SCENARIOS if order is None else order
     names = [s for s in order if s in old or s in new]
@@ -311,8 +360,9 @@ def merge_scenarios(old: dict, new: dict, order: list[str] | None = None, combin
 
 
 def load_results(path: str) -> dict:
-    """An earlier ``dc2.json``: ``{"scenarios": {name: result}, "runs": [meta, ...]}``; a result
-    without its own ``run_date`` gets the date of the run that wrote the file."""
+    """An earlier ``dc2.json``: ``{"scenarios": {key: result}, "runs": [meta, ...]}`` (keys as
+    :func:`result_key`); a result without its own ``run_date`` gets the date of the run that wrote
+    the file."""
     with open(path) as fh:
         data = json.load(fh)
     date = data.get("meta", {}).get("date", "?")
@@ -337,18 +387,90 @@ def _cell(row, fmt, r):
 def _run_text(m: dict) -> str:
     return (f"{m.get('date', '?')} ({m.get('host', '?')}, {m.get('device', '?')}; epochs = {m.get('epochs', '?')}, "
             f"seed = {m.get('seed', '?')}, n_b = {m.get('n_b', '?')} draws of b per PDF"
+            + (f", decoders {', '.join(m['decoders'])}" if m.get("decoders") else "")
             + (f"; `{m['command']}`" if m.get("command") else "") + ")")
 
 
+def group_by_decoder(results: dict) -> dict[str, dict[str, dict]]:
+    """``{decoder: {scenario: result}}`` of results keyed by :func:`result_key`: the decoders in
+    the order of :data:`DECODERS` (then any other in the order first seen), each decoder's
+    scenarios in the order of ``results``."""
+    groups: dict[str, dict[str, dict]] = {d: {} for d in DECODERS}
+    for key, r in results.items():
+        scenario, decoder = split_key(key)
+        groups.setdefault(decoder, {})[scenario] = r
+    return {d: g for d, g in groups.items() if g}
+
+
+def _value(r: dict | None, key: str) -> float | None:
+    """A finite metric of a successful result, else None."""
+    v = None if r is None or "error" in r else r.get(key)
+    return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
+
+
+def _metric_table(names: list[str], results: dict[str, dict]) -> list[str]:
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label, fmt in TABLE_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(key, fmt, results[n]) for n in names) + " |")
+    return lines
+
+
+def _ordered(names) -> list[str]:
+    names = list(dict.fromkeys(names))
+    return [s for s in SCENARIOS if s in names] + [s for s in names if s not in SCENARIOS]
+
+
+def comparison_lines(groups: dict[str, dict[str, dict]], pair: tuple[str, str] | None = None) -> list[str]:
+    """The ``## mlp vs sed`` section: a table of :data:`COMPARE_METRICS` of both decoders for each
+    scenario that both ran successfully, then, for each semi-supervised scenario and decoder with
+    both ``<s>`` and ``<s>-nounl``, :data:`UNLABELLED_METRICS` of the two and their difference."""
+    a, b = pair or tuple(DECODERS[:2])
+    ga, gb = groups.get(a, {}), groups.get(b, {})
+    rows = metric_rows(COMPARE_METRICS, "zmode")
+    both = [s for s in _ordered([*ga, *gb]) if s in ga and s in gb and "error" not in ga[s] and "error" not in gb[s]]
+    lines = [f"## {a} vs {b}", ""]
+    if both:
+        lines += ["The scenarios run with both decoders (point metrics of zmode; lower is better in every "
+                  "column):", "",
+                  "| scenario | " + " | ".join(f"{label}, {d}" for _, label, _ in rows for d in (a, b)) + " |",
+                  "|---|" + "---:|" * (2 * len(rows))]
+        for s in both:
+            lines.append(f"| {s} | " + " | ".join(_cell(key, fmt, g[s]) for key, _, fmt in rows for g in (ga, gb))
+                         + " |")
+    else:
+        lines.append(f"No scenario has results with both decoders ({a}, {b}) yet.")
+    buys = []
+    labels = {key: (label, fmt) for key, label, fmt in metric_rows(UNLABELLED_METRICS, "zmode")}
+    for s in SEMI_SUPERVISED:
+        for d, g in groups.items():
+            with_unl, without = g.get(s), g.get(s + NOUNL)
+            parts = []
+            for key in UNLABELLED_METRICS:
+                v1, v0 = _value(with_unl, key), _value(without, key)
+                if v1 is not None and v0 is not None:
+                    label, fmt = labels[key]
+                    diff = fmt if fmt.startswith("{:+") else fmt.replace("{:", "{:+", 1)
+                    parts.append(f"{label} {fmt.format(v1)} vs {fmt.format(v0)} ({diff.format(v1 - v0)})")
+            if parts:
+                buys.append(f"- `{s}` vs `{s}{NOUNL}`, {d}: " + "; ".join(parts))
+    if buys:
+        lines += ["", "What the unlabelled photometry buys: each semi-supervised scenario against the same labelled "
+                  "rows without the unlabelled ones, with the same decoder (`<s>` vs `<s>-nounl`, the difference "
+                  "of the unrounded values in brackets; negative is better):", "", *buys]
+    return lines
+
+
 def write_markdown(path: str, meta: dict, results: dict, runs: list[dict] | None = None) -> None:
-    names = list(results)
+    """``dc2.md`` of results keyed by :func:`result_key`: the setting, one metric table per decoder,
+    the decoders compared (:func:`comparison_lines`), failed runs, the figures by decoder."""
+    groups = group_by_decoder(results)
     runs = runs or [meta]
     c = SPECZLIKE
     lines = [
         "# PhotoVAEz benchmark: DC2 (RAIL test sample) and SDSS MGS",
         "",
         "Generated by `benchmarks/dc2.py` on " + "; updated on ".join(_run_text(m) for m in runs)
-        + ". Each scenario's run date is the table's `run date` row.",
+        + ". Each result's run date is its table's `run date` row.",
         "",
         "DC2: trained on `test_dc2_training_9816.hdf5` (10,225), estimated on all of "
         "`test_dc2_validation_9816.hdf5` (20,449), grid linspace(0, 3, 301). "
@@ -360,38 +482,49 @@ def write_markdown(path: str, meta: dict, results: dict, runs: list[dict] | None
         "unlabelled ones (the semi-supervised ablation). "
         "`sdss`: SDSS MGS train/test (5,000 each), grid linspace(0, 0.4, 201).",
         "",
+        "Decoders (`ModelConfig.decoder`, the generative model of the photometry p(x|a,b,z)): `mlp`, a Gaussian "
+        "MLP over the standardised features; `sed`, rest-frame SED templates times a learned correction, "
+        "redshifted through the bands' filter curves (RAIL's filter files), with a flux-space likelihood using "
+        "the catalogue's errors. The rest of `ModelConfig` is its default (`redshift_prior = auto`: lognormal "
+        "with mlp, BPZ with sed). Every scenario runs with each decoder in its own process, with the same data, "
+        "seed and training settings; one table per decoder below, then the two compared.",
+        "",
         "Metrics: `photovaez.metrics.evaluate` (qp/RAIL definitions; CDE loss on the PDFs' grid as RAIL's "
         "OldEvaluator; PIT statistics by `qp.metrics.pit.PIT`). ez = (z_phot - z_spec)/(1 + z_spec); "
         "outlier rate: \\|ez\\| > max(0.06, 3 sigma_IQR). Wall times are on the machine named above, "
-        "peak RSS is per scenario process.",
-        "",
-        "| metric | " + " | ".join(names) + " |",
-        "|---|" + "---:|" * len(names),
-    ]
-    for key, label, fmt in TABLE_ROWS:
-        lines.append(f"| {label} | " + " | ".join(_cell(key, fmt, results[n]) for n in names) + " |")
-    errs = {n: r["error"] for n, r in results.items() if "error" in r}
-    if errs:
-        lines += ["", "Failed scenarios:", ""] + [f"- `{n}`: {e}" for n, e in errs.items()]
-    figs = [(n, f) for n, r in results.items() for f in r.get("figures", [])]
-    if figs:
-        lines += ["", "Figures:", ""]
-        for n, f in figs:
-            rel = os.path.relpath(f, os.path.dirname(os.path.abspath(path)))
-            lines.append(f"- {n}: [{os.path.basename(f)}]({rel})")
-    lines += [
+        "peak RSS is per (scenario, decoder) process.",
         "",
         "Reference (RAIL KNN on the same DC2 split, from the project's RAIL notes §4.5): CDE loss -6.095 "
         "(OldEvaluator grid), PIT KS 0.071, PIT outlier rate 0.027, sigma_IQR 0.0252, outlier rate 0.095, "
         "sigma_MAD 0.0251.",
-        "",
     ]
+    for d, g in groups.items():
+        lines += ["", f"## decoder = {d}", "", *_metric_table(list(g), g)]
+    lines += ["", *comparison_lines(groups)]
+    errs = {k: r["error"] for k, r in results.items() if "error" in r}
+    if errs:
+        lines += ["", "## Failed runs", ""] + [f"- `{k}`: {e}" for k, e in errs.items()]
+    folder = os.path.dirname(os.path.abspath(path))
+    figs = {d: [(s, r["figures"]) for s, r in g.items() if r.get("figures")] for d, g in groups.items()}
+    if any(figs.values()):
+        lines += ["", "## Figures"]
+        for d, items in figs.items():
+            if items:
+                lines += ["", f"### decoder = {d}", ""]
+                lines += [f"- {s}: " + ", ".join(f"[{os.path.basename(f)}]({os.path.relpath(f, folder)})" for f in fs)
+                          for s, fs in items]
+    lines.append("")
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script: :func:`scenario_parser`'s ``--scenarios``, ``--decoders``
+    (read by :func:`parse_decoders`) and the run options."""
     ap = scenario_parser(__doc__)
+    ap.add_argument("--decoders", nargs="+", default=None,
+                    help=f"decoders (ModelConfig.decoder) to run every scenario with, of {DECODERS} (default: all); "
+                         "comma-separated lists are accepted")
     ap.add_argument("--epochs", type=int, default=None,
                     help="maximum training epochs (default: photovaez.train.TrainConfig().epochs)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="output folder for dc2.json, dc2.md, figures/")
@@ -400,24 +533,36 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-figures", action="store_true")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="scenarios run at once (each its own process; wall times then share the CPU)")
+                    help="(scenario, decoder) runs at once (each its own process; wall times then share the CPU)")
     ap.add_argument("--save-models", default=None,
-                    help="folder (outside the repository) to keep each scenario's model file in")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per scenario subprocess")
+                    help="folder (outside the repository) to keep each run's model file in "
+                         "(model_<scenario>_<decoder>.pkl)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per (scenario, decoder) subprocess")
     ap.add_argument("--update", action="store_true",
-                    help="merge into the results already in --out: the scenarios run now replace theirs, "
-                         "the others are kept")
+                    help="merge into the results already in --out: the (scenario, decoder) runs made now replace "
+                         "theirs, the others are kept")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--decoder", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--fig-dir", dest="fig_dir", default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
 
     if args.worker:
+        if args.decoder not in DECODERS:
+            ap.error(f"--worker needs --decoder, one of {DECODERS}")
         return _worker(args)
+    if args.decoder is not None:
+        ap.error("--decoder is the worker's; choose the decoders to run with --decoders")
 
     from photovaez.train import TrainConfig
 
     scenarios = parse_scenarios(ap, args.scenarios)
+    decoders = parse_decoders(ap, args.decoders)
     out = os.path.abspath(args.out)
     fig_dir = None if args.no_figures else os.path.join(out, "figures")
     os.makedirs(out, exist_ok=True)
@@ -434,6 +579,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "epochs": epochs,
         "epochs_is_default": args.epochs is None,
+        "decoders": decoders,
         "seed": args.seed,
         "n_b": args.n_b,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
@@ -448,40 +594,45 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[dc2] %(message)s")
 
-    def one(name: str) -> tuple[str, dict]:
+    def one(pair: tuple[str, str]) -> tuple[str, dict]:
+        name, decoder = pair
+        key = result_key(name, decoder)
         with tempfile.TemporaryDirectory() as tmp:
             rfile = os.path.join(tmp, "result.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--result", rfile,
-                   "--seed", str(args.seed), "--n-b", str(args.n_b), "--threads", str(args.threads),
-                   "--epochs", str(epochs)]
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--decoder", decoder,
+                   "--result", rfile, "--seed", str(args.seed), "--n-b", str(args.n_b),
+                   "--threads", str(args.threads), "--epochs", str(epochs)]
             if fig_dir:
                 cmd += ["--fig-dir", fig_dir]
             if args.save_models:
                 cmd += ["--save-models", os.path.abspath(args.save_models)]
-            r, wall = run_worker(cmd, rfile, args.timeout, name=name, identity={"scenario": name})
+            r, wall = run_worker(cmd, rfile, args.timeout, name=key,
+                                 identity={"scenario": name, "decoder": decoder})
             if r.get("stderr_tail"):
                 logging.info("%s", r["stderr_tail"])
             r["subprocess_wall_s"] = wall
             r["run_date"] = meta["date"]
-            return name, r
+            return key, r
 
     from concurrent.futures import ThreadPoolExecutor
 
     meta["jobs"] = args.jobs
+    pairs = [(s, d) for d in decoders for s in scenarios]  # decoder-major, as RESULT_ORDER
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = dict(pool.map(one, scenarios))
+        results = dict(pool.map(one, pairs))
+    keys = list(results)
 
     jpath, mpath = os.path.join(out, "dc2.json"), os.path.join(out, "dc2.md")
     runs = [meta]
     if args.update and os.path.exists(jpath):
         old = load_results(jpath)
         runs = old["runs"] + [meta]
-        results = merge_scenarios(old["scenarios"], results)
+        results = merge_scenarios(old["scenarios"], results, order=RESULT_ORDER)
     with open(jpath, "w") as fh:
         json.dump({"meta": meta, "runs": runs, "scenarios": results}, fh, indent=1, default=float)
     write_markdown(mpath, meta, results, runs)
     logging.info("wrote %s and %s", jpath, mpath)
-    return 0 if all("error" not in results[n] for n in scenarios) else 1
+    return 0 if all("error" not in results[k] for k in keys) else 1
 
 
 if __name__ == "__main__":

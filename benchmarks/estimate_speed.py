@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Wall time of PhotoVAEzEstimator (amortised mode) on all 20,449 DC2 validation galaxies.
 
-    python benchmarks/estimate_speed.py --model /tmp/models/model_full.pkl   # e.g. from dc2.py --save-models
+    python benchmarks/estimate_speed.py --model /tmp/models/model_full_mlp.pkl   # e.g. from dc2.py --save-models
 
 Runs the RAIL stage ``--repeat`` times (output_mode="return", chunk_size 10000) and writes
 ``<out>/estimate_speed.json`` and ``.md``.

@@ -149,6 +149,53 @@ def test_binned_metric_plots(sample, tmp_path):
                                   by="zphot"), tmp_path, fig)
 
 
+def test_dz_vs_mag_and_z(sample, tmp_path):
+    pdfs, ztrue, mag, mu = sample
+    zp = mu.copy()
+    zp[:4] = ztrue[:4] + (1 + ztrue[:4]) * np.array([0.9, 0.7, -0.6, -0.55])  # beyond +-0.5: in the edge cells
+    fig = P.figure_dz_vs_mag_and_z(zp, ztrue, mag, mag_label="i", title="t", bins=6, hist_bins=40)
+    assert len(fig.axes) == 4 and fig._suptitle.get_text() == "t"  # two panels and their colour bars
+    dz = (zp - ztrue) / (1 + ztrue)
+    assert np.sum(np.abs(dz) > 0.5) == 4
+    for ax, x, xlabel in ((fig.axes[0], mag, "i (magnitude)"), (fig.axes[1], ztrue, "$z_{true}$")):
+        assert ax.get_xlabel() == xlabel and ax.get_ylabel() == "$\\Delta z / (1 + z_{true})$"
+        assert ax.get_ylim() == pytest.approx((-0.5, 0.5))
+        assert ax.get_xlim() == pytest.approx((x.min(), x.max()))
+        # the density: a 2-D histogram of (x, dz/(1+z) clipped to [-0.5, 0.5]), every galaxy counted
+        counts = np.histogram2d(x, np.clip(dz, -0.5, 0.5), bins=40, range=[(x.min(), x.max()), (-0.5, 0.5)])[0]
+        mesh = ax.collections[0].get_array()
+        np.testing.assert_array_equal(np.ma.filled(mesh, 0.0).reshape(40, 40), counts.T)
+        assert counts.sum() == len(x) and counts[:, 0].sum() >= 2 and counts[:, -1].sum() >= 2
+        # running median / 16th / 84th percentiles of the unclipped dz in 6 equal-count bins, by hand
+        edges = np.quantile(x, np.linspace(0, 1, 7))
+        idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 5)
+        for line, q in zip(ax.lines[:3], (50, 16, 84)):
+            np.testing.assert_allclose(line.get_xdata(), 0.5 * (edges[1:] + edges[:-1]), rtol=1e-12)
+            np.testing.assert_allclose(line.get_ydata(), [np.percentile(dz[idx == j], q) for j in range(6)],
+                                       rtol=1e-12)
+        assert ax.lines[0].get_ydata()[2] == pytest.approx(np.median(dz[idx == 2]), rel=1e-12)
+        # the catastrophic lines at +-0.15, dashed, across the panel
+        for line, y in zip(ax.lines[3:5], (0.15, -0.15)):
+            assert line.get_linestyle() == "--"
+            np.testing.assert_allclose(line.get_ydata(), [y, y])
+            np.testing.assert_allclose(line.get_xdata(), [x.min(), x.max()])
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("0.15" in t for t in legend) and any(t.startswith(f"N = {len(x)}, 4 beyond") for t in legend)
+    # non-finite magnitudes leave the left panel only; mismatched lengths are an error
+    m2 = mag.copy()
+    m2[10:20] = np.nan
+    fig2 = P.figure_dz_vs_mag_and_z(zp, ztrue, m2, bins=6, hist_bins=40)
+    assert np.ma.filled(fig2.axes[0].collections[0].get_array(), 0).sum() == len(mag) - 10
+    assert np.ma.filled(fig2.axes[1].collections[0].get_array(), 0).sum() == len(mag)
+    with pytest.raises(ValueError, match="length"):
+        P.figure_dz_vs_mag_and_z(zp, ztrue, mag[:-1])
+    path = P.plot_dz_vs_mag_and_z(zp, ztrue, mag, tmp_path / "d" / "dz.png", bins=6, hist_bins=40)
+    assert path == str(tmp_path / "d" / "dz.png")
+    with open(path, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    check_png(path, tmp_path, fig)
+
+
 def test_accepts_qp_ensemble(sample, tmp_path):
     pdfs, ztrue, mag, mu = sample
     ens = M.to_ensemble(ZGRID, pdfs, ancil={"zmode": mu})

@@ -8,6 +8,9 @@ function returns the :class:`matplotlib.figure.Figure` without saving it.
 The figures are drawn with matplotlib's object-oriented API on the Agg canvas: no pyplot state,
 and the user's interactive backend is left alone.
 
+:func:`plot_dz_vs_mag_and_z` takes point estimates rather than PDFs: the density of
+dz/(1 + z) against magnitude and true redshift with its running median and 16/84 percentiles.
+
 Point estimates default to the ensemble's ``zmode`` ancil, else the PDF mode on the grid.
 
 Two plots are about the model rather than the PDFs: :func:`plot_latent_embeddings` (the latent
@@ -42,6 +45,7 @@ __all__ = [
     "figure_nz",
     "figure_metrics_vs_mag",
     "figure_metrics_vs_z",
+    "figure_dz_vs_mag_and_z",
     "figure_latent_embeddings",
     "figure_outlier_scores",
     "pca_2d",
@@ -52,6 +56,7 @@ __all__ = [
     "plot_nz",
     "plot_metrics_vs_mag",
     "plot_metrics_vs_z",
+    "plot_dz_vs_mag_and_z",
     "plot_latent_embeddings",
     "plot_outlier_scores",
     "save",
@@ -254,6 +259,134 @@ def figure_metrics_vs_z(
     return _figure_binned(x, zp, zt, bins, label, title)
 
 
+# the y range of :func:`figure_dz_vs_mag_and_z`; dz/(1 + z) beyond it is drawn at its edges
+_DZ_RANGE = (-0.5, 0.5)
+
+
+def _running_percentiles(
+    x: np.ndarray, y: np.ndarray, bins: int | np.ndarray = 10, percentiles=(16.0, 50.0, 84.0), min_count: int = 10,
+) -> dict[str, np.ndarray]:
+    """Percentiles of ``y`` in bins of ``x`` (pairs where either is not finite are left out).
+
+    Parameters
+    ----------
+    x, y
+        (N,) binning variable and values.
+    bins
+        Bin edges, or a number of equal-count (quantile) bins, as
+        :func:`photovaez.metrics.binned_point_metrics` (the last bin includes its right edge).
+    percentiles
+        The percentiles (0..100) to compute in each bin.
+    min_count
+        Bins with fewer points get NaN percentiles.
+
+    Returns
+    -------
+    dict
+        ``edges`` (nb + 1), ``centers``, ``count`` (nb,) and ``percentiles``, an
+        (len(percentiles), nb) array.
+    """
+    x = np.asarray(x, np.float64).reshape(-1)
+    y = np.asarray(y, np.float64).reshape(-1)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if np.ndim(bins) == 0:
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, int(bins) + 1))) if len(x) else np.array([0.0, 1.0])
+    else:
+        edges = np.asarray(bins, np.float64)
+    if len(edges) < 2:  # a single distinct value
+        edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+    nb = len(edges) - 1
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, nb - 1)
+    inside = (x >= edges[0]) & (x <= edges[-1])
+    count = np.zeros(nb, np.int64)
+    pct = np.full((len(percentiles), nb), np.nan)
+    for j in range(nb):
+        sel = inside & (idx == j)
+        count[j] = int(sel.sum())
+        if count[j] >= max(min_count, 1):
+            pct[:, j] = np.percentile(y[sel], percentiles)
+    return {"edges": edges, "centers": 0.5 * (edges[1:] + edges[:-1]), "count": count, "percentiles": pct}
+
+
+def figure_dz_vs_mag_and_z(
+    zphot: np.ndarray, ztrue: np.ndarray, mag: np.ndarray, mag_label: str = "i", title: str | None = None,
+    bins: int | np.ndarray = 10, hist_bins: int = 60, min_count: int = 10,
+) -> Figure:
+    """dz/(1 + z) = (zphot - ztrue) / (1 + ztrue) against magnitude (left) and true redshift (right).
+
+    Each panel is a 2-D histogram (log colour scale, empty cells blank) over the fixed y range
+    [-0.5, 0.5], with dz/(1 + z) clipped to it so that outliers sit in the edge cells; over it,
+    the running median (solid) and 16/84 percentiles (dotted) of the unclipped dz/(1 + z) in bins
+    of the x quantity, and the ``|dz|/(1 + z) = 0.15`` catastrophic
+    lines (dashed).  Galaxies with a non-finite zphot, ztrue or (left panel) magnitude are left out.
+
+    Parameters
+    ----------
+    zphot, ztrue, mag
+        (N,) point photo-z, true redshifts and magnitudes.
+    mag_label
+        Name of the magnitude, for the left panel's x label.
+    title
+        Optional title over both panels.
+    bins
+        Bins of the running percentiles, for each panel: edges, or a number of equal-count bins.
+    hist_bins
+        Cells of the 2-D histograms along each axis.
+    min_count
+        Running bins with fewer galaxies are not drawn (NaN).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes 0 (magnitude) and 1 (true redshift) hold the panels, 2 and 3 their colour bars.
+        In each panel ``lines[0]`` is the median, ``lines[1]`` / ``lines[2]`` the 16th / 84th
+        percentiles, ``lines[3]`` / ``lines[4]`` the +-0.15 lines.
+    """
+    from matplotlib.colors import LogNorm
+
+    zp = np.asarray(zphot, np.float64).reshape(-1)
+    zt = np.asarray(ztrue, np.float64).reshape(-1)
+    m = np.asarray(mag, np.float64).reshape(-1)
+    if not (len(zp) == len(zt) == len(m)):
+        raise ValueError(f"zphot, ztrue and mag differ in length: {len(zp)}, {len(zt)}, {len(m)}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dz = (zp - zt) / (1.0 + zt)
+    lo, hi = _DZ_RANGE
+    fig = _new_figure((10.4, 4.4))
+    axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
+    panels = ((m, f"{mag_label} (magnitude)"), (zt, "$z_{true}$"))
+    for ax, (x, xlabel) in zip(axes, panels):
+        ok = np.isfinite(x) & np.isfinite(dz)
+        xs, ds = x[ok], dz[ok]
+        xlim = (float(xs.min()), float(xs.max())) if len(xs) else (0.0, 1.0)
+        if xlim[1] <= xlim[0]:
+            xlim = (xlim[0] - 0.5, xlim[0] + 0.5)
+        h = ax.hist2d(xs, np.clip(ds, lo, hi), bins=hist_bins, range=[xlim, (lo, hi)], cmap="viridis",
+                      norm=LogNorm(), cmin=1)
+        fig.colorbar(h[3], ax=ax, label="galaxies")
+        run = _running_percentiles(xs, ds, bins=bins, min_count=min_count)
+        p16, p50, p84 = run["percentiles"]
+        c = run["centers"]
+        ax.plot(c, p50, "o-", color="C3", ms=3, lw=1.5, label="running median")
+        ax.plot(c, p16, ":", color="C3", lw=1.6, label="16/84 percentiles")
+        ax.plot(c, p84, ":", color="C3", lw=1.6)
+        for s in (1, -1):
+            ax.plot(xlim, [s * CATASTROPHIC_EZ] * 2, "--", color="0.2", lw=0.9,
+                    label=f"|dz|/(1+z) = {CATASTROPHIC_EZ}" if s > 0 else None)
+        n_out = int(np.sum(np.abs(ds) > hi))
+        ax.plot([], [], " ", label=f"N = {len(ds)}, {n_out} beyond $\\pm${hi}")
+        ax.set_xlim(*xlim)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("$\\Delta z / (1 + z_{true})$")
+        ax.legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def pca_2d(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Projection of the rows of ``v`` (N, D) on their first two principal components (numpy
     SVD of the centred data) and the fraction of the variance each explains.  With D = 1 the
@@ -408,6 +541,11 @@ def plot_metrics_vs_mag(zgrid, pdfs, ztrue, mag, path, **kw) -> str:
 def plot_metrics_vs_z(zgrid, pdfs, ztrue, path, **kw) -> str:
     """Write :func:`figure_metrics_vs_z` to ``path`` (PNG); returns the path."""
     return save(figure_metrics_vs_z(zgrid, pdfs, ztrue, **kw), path)
+
+
+def plot_dz_vs_mag_and_z(zphot, ztrue, mag, path, **kw) -> str:
+    """Write :func:`figure_dz_vs_mag_and_z` to ``path`` (PNG); returns the path."""
+    return save(figure_dz_vs_mag_and_z(zphot, ztrue, mag, **kw), path)
 
 
 def plot_latent_embeddings(model_dict, table, path, ztrue=None, **kw) -> str:
