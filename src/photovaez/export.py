@@ -278,7 +278,9 @@ def log_p_x_given_abz(params: Mapping[str, Any], obs: jnp.ndarray, a: jnp.ndarra
                       ) -> jnp.ndarray:
     """log p(x | a, b, z) of observation rows ``obs`` (..., dim_obs): the mlp decoder's Gaussian of
     the features, or the sed decoder's flux likelihood of the rows' fluxes (amplitude marginalised,
-    :func:`photovaez.export_sed.sed_log_p_x_given_abz`)."""
+    :func:`photovaez.export_sed.sed_log_p_x_given_abz`).  ``z`` may have fewer batch axes than ``a``
+    (e.g. one redshift for all the importance samples of a galaxy): it broadcasts, and the sed
+    decoder then interpolates its tables once for all of them."""
     from .observations import split_observation
 
     st = params["static"]
@@ -287,7 +289,7 @@ def log_p_x_given_abz(params: Mapping[str, Any], obs: jnp.ndarray, a: jnp.ndarra
         from .export_sed import sed_log_p_x_given_abz
 
         return sed_log_p_x_given_abz(params["sed"], cols.flux, cols.flux_err, a, z, b if st.sed_uses_b else None)
-    return log_normal_diag(x, *p_x_given_abz(params, a, b, z))
+    return log_normal_diag(x, *p_x_given_abz(params, a, b, jnp.broadcast_to(z, a.shape[:-1])))
 
 
 def log_p_z(params: Mapping[str, Any], z: jnp.ndarray, obs: jnp.ndarray | None = None) -> jnp.ndarray:

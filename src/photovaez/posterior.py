@@ -122,7 +122,8 @@ def _log_weights_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb:
     a = mu_a + jnp.exp(0.5 * logvar_a) * eps_a
     log_qa = _log_normal_at_draw(logvar_a, eps_a)
     log_pb = log_normal_diag(b, *p_b_given_az(params, a, zn))
-    return log_p_x_given_abz(params, xn, a, b, zn) + log_pb + log_p_a(a) - log_qa - log_qb
+    # z, not zn: the sed decoder interpolates its tables once for all k
+    return log_p_x_given_abz(params, xn, a, b, z) + log_pb + log_p_a(a) - log_qa - log_qb
 
 
 def log_weights(params: Params, x: jnp.ndarray, z: jnp.ndarray, eps_b: jnp.ndarray, eps_a: jnp.ndarray
