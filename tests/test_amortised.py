@@ -12,7 +12,7 @@ from photovaez.model import SDGM, ModelConfig
 
 def test_amortised_pdf_is_the_cell_averaged_lognormal_mixture():
     torch.manual_seed(1)
-    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8])).eval()
+    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8], decoder="mlp")).eval()
     m.set_redshift_scale(np.log(0.7), 0.4)
     x = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)
     z = redshift_grid(0.0, 3.0, 61)
@@ -36,7 +36,7 @@ def test_amortised_pdf_is_the_cell_averaged_lognormal_mixture():
 
 def test_amortised_pdfs_do_not_depend_on_batching():
     torch.manual_seed(2)
-    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8])).eval()
+    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8], decoder="mlp")).eval()
     x = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
     z = redshift_grid(0.0, 3.0, 31)
     a = q_z_given_x_on_grid(m, x, z)

@@ -10,6 +10,7 @@ from photovaez.filters import (
     filter_support,
     load_filter,
     load_filters,
+    rail_package_file,
     read_filter_file,
     resolve_path,
     speclite_filter,
@@ -57,8 +58,13 @@ def test_load_filter_routes_each_kind_of_spec(tmp_path):
     assert again.name == curve.name and np.array_equal(again.response, curve.response)
     g = load_filter("rail:examples_data/estimation_data/data/FILTER/DC2LSST_g.res", rail_resolver)
     assert g.name == "DC2LSST_g"
-    with pytest.raises(ValueError, match="resolver"):
-        load_filter(FILTER_PRESETS["lsst"][0])
+    # without a resolver, the rail namespace package's folders are searched (RAIL's find_rail_file)
+    default = load_filter(FILTER_PRESETS["lsst"][1])
+    assert default.name == "DC2LSST_g" and np.array_equal(default.response, g.response)
+    assert rail_package_file("examples_data/estimation_data/data/FILTER/DC2LSST_g.res") == \
+        rail_resolver("examples_data/estimation_data/data/FILTER/DC2LSST_g.res")
+    with pytest.raises(ValueError, match="rail:no/such.res.*not in"):
+        load_filter("rail:no/such.res")
     assert resolve_path("x/y.res") == "x/y.res"
 
 

@@ -21,7 +21,7 @@ from photovaez.train import TrainConfig
 
 def _dict():
     torch.manual_seed(0)
-    m = SDGM(ModelConfig(dim_x=11, dim_a=2, dim_b=2, hidden=[8]))
+    m = SDGM(ModelConfig(dim_x=11, dim_a=2, dim_b=2, hidden=[8], decoder="mlp"))
     return m, model_to_dict(m, FeatureSpec(), Scaler(np.zeros(11), np.ones(11)), TrainConfig(), {"n_steps": 3})
 
 

@@ -11,7 +11,7 @@ from photovaez.model import SDGM, ModelConfig
 
 def tiny_model():
     torch.manual_seed(3)
-    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8]))
+    m = SDGM(ModelConfig(dim_x=3, dim_a=2, dim_b=2, hidden=[8], decoder="mlp"))
     m.set_redshift_scale(np.log(0.6), 0.5)
     with torch.no_grad():  # move the prior away from its initial value
         m.prior_mu_z.fill_(-0.3)

@@ -8,7 +8,7 @@ from photovaez.model import SDGM, GaussianMLP, ModelConfig, soft_clamp
 
 def small_model(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = ModelConfig(dim_x=4, dim_a=3, dim_b=2, hidden=[16, 8], **kw)
+    cfg = ModelConfig(**{"dim_x": 4, "dim_a": 3, "dim_b": 2, "hidden": [16, 8], "decoder": "mlp", **kw})
     m = SDGM(cfg)
     m.set_redshift_scale(np.log(0.5), 0.6)
     return m

@@ -28,7 +28,7 @@ from photovaez.model import SDGM, ModelConfig
 def random_model(seed=0, scale=0.3, **kw):
     """A small SDGM with randomised weights (CPU, eval mode)."""
     torch.manual_seed(seed)
-    cfg = dict(dim_x=4, dim_a=2, dim_b=2, hidden=[16, 16])
+    cfg = dict(dim_x=4, dim_a=2, dim_b=2, hidden=[16, 16], decoder="mlp")
     cfg.update(kw)
     m = SDGM(ModelConfig(**cfg))
     m.set_redshift_scale(math.log(0.6), 0.7)

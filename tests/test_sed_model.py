@@ -117,7 +117,8 @@ def test_torch_loss_terms_match_the_jax_log_joint(decoder, prior, kw):
         xs = torch.as_tensor(obs)[None].expand(S, n, -1)
         q_b = m.q_b_given_x(xs)
         b = q_b.mean + q_b.stddev * torch.as_tensor(eps_b)
-        assert torch.isfinite(m.log_p_x_given_abz(xs, torch.as_tensor(eps_a), b, torch.as_tensor(z)[None].expand(S, n))).all()
+        zs = torch.as_tensor(z)[None].expand(S, n)
+        assert torch.isfinite(m.log_p_x_given_abz(xs, torch.as_tensor(eps_a), b, zs)).all()
 
 
 def test_unlabelled_terms_run_and_differentiate_through_the_sed_decoder():

@@ -43,8 +43,10 @@ def test_rails_template_lists(cww):
     assert len(cosmos) == 31
     for s in cww + cosmos:  # the COSMOS files repeat 10000 Angstrom: merged into one point
         assert np.all(np.diff(s.wavelength) > 0) and np.all(s.flux >= 0) and s.flux.max() > 0
-    with pytest.raises(ValueError, match="resolver"):
-        load_templates("cosmos")
+    default = load_templates("cosmos")  # the rail package's folders searched without importing RAIL
+    assert [s.name for s in default] == [s.name for s in cosmos]
+    with pytest.raises(ValueError, match="not in"):
+        load_templates("rail:no/such.list")
 
 
 def test_user_lists_and_bad_sed_files(tmp_path):

@@ -20,7 +20,7 @@ from photovaez.train import (
     train_sdgm,
 )
 
-SMALL = ModelConfig(dim_x=11, dim_a=3, dim_b=3, hidden=[16, 16])
+SMALL = ModelConfig(dim_x=11, dim_a=3, dim_b=3, hidden=[16, 16], decoder="mlp")
 
 
 def _data(dc2_tables, n_lab=200, n=300):

@@ -16,12 +16,13 @@ import numpy as np
 
 from .config import ModelConfig, TrainConfig
 from .features import FeatureSpec, Photometry, Scaler, affine_map, clean_photometry, features, fit_scaler
-from .observations import decoder_columns, observation_rows, reference_band
 from .grid import normalise, point_estimates
 from .io import model_from_dict, model_to_dict, validate_model_dict
+from .observations import decoder_columns, observation_rows, reference_band
 from .train import TrainingArrays, train_sdgm
 
-__all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "Predictor", "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
+__all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "Predictor", "load_predictor", "quality_ancil",
+           "estimate", "log_px", "latents"]
 
 log = logging.getLogger(__name__)
 

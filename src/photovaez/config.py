@@ -120,12 +120,12 @@ class ModelConfig(Config):
     logvar_max: float = option(4.0, "soft upper bound of every network's log-variance")
     x_logvar_min: float = option(-7.0, "soft lower bound of the decoder p(x|a,b,z) log-variance (the features are "
                                  "standardised)")
-    decoder: str = option("mlp", "generative model of the photometry p(x|a,b,z): mlp (a Gaussian MLP over the "
-                          "standardised features) or sed (rest-frame SED templates times a learned correction, "
-                          "redshifted through the bands' filter curves; flux-space likelihood with the catalogue's "
-                          "errors and a learned intrinsic error)")
-    templates: str = option("cwwsb4", "sed decoder: the template set: cwwsb4 (RAIL's 8 CWW+SB templates), cosmos "
-                            "(RAIL's 31 COSMOS templates), or the path (or 'rail:<path>') of a .list file or an SED file")
+    decoder: str = option("sed", "generative model of the photometry p(x|a,b,z): sed (rest-frame SED templates times "
+                          "a learned correction, redshifted through the bands' filter curves; flux-space likelihood "
+                          "with the catalogue's errors and a learned intrinsic error; the default, see the "
+                          "benchmarks) or mlp (a Gaussian MLP over the standardised features)")
+    templates: str = option("cosmos", "sed decoder: the template set: cosmos (RAIL's 31 COSMOS templates), cwwsb4 "
+                            "(RAIL's 8 CWW+SB templates), or the path (or 'rail:<path>') of a .list or an SED file")
     filters: list[str] = option([], "sed decoder: one filter curve per band, in the feature spec's band order: a file "
                                 "(e.g. RAIL's FILTER/*.res), 'rail:<path inside RAIL>' or a speclite name (sdss2010-r, "
                                 "wise2010-W1, lsst2023-i, ...); [] = the curves of the feature preset the bands are "

@@ -37,8 +37,8 @@ import numpy as np
 from .export import mlp_hidden
 from .flux_likelihood import log_p_flux
 
-__all__ = ["SEDStaticConfig", "export_sed_decoder", "sed_decoder_from_state", "sed_params", "sed_weights_and_correction",
-           "interpolate_table", "sed_band_fluxes", "sed_log_p_x_given_abz"]
+__all__ = ["SEDStaticConfig", "export_sed_decoder", "sed_decoder_from_state", "sed_params",
+           "sed_weights_and_correction", "interpolate_table", "sed_band_fluxes", "sed_log_p_x_given_abz"]
 
 _ACTIVATION_NAMES = {"SiLU": "silu", "Tanh": "tanh", "ReLU": "relu", "GELU": "gelu"}
 _ARRAYS = ("z_grid", "flux_table", "correction_table", "intrinsic_raw")

@@ -12,8 +12,10 @@ Where a curve comes from is written as a *spec* string, as a configuration names
 - the path of a two-column text file (:func:`read_filter_file`);
 - ``"rail:<path inside RAIL's package data>"``, e.g.
   ``"rail:examples_data/estimation_data/data/FILTER/DC2LSST_u.res"``.  The core package does not
-  import RAIL, so such a spec is turned into a path by a *resolver* function that the caller
-  passes (``resolve=``); ``rail.photovaez.data.rail_resolver`` is the one RAIL provides.
+  import RAIL: such a spec is turned into a path by a *resolver* function that the caller may
+  pass (``resolve=``; ``rail.photovaez.data.rail_resolver`` is RAIL's ``find_rail_file``), and
+  without one by :func:`rail_package_file`, which searches the folders of the ``rail``
+  namespace package without importing it.
 
 :data:`FILTER_PRESETS` names the curves of the bands of each feature preset of
 ``photovaez.features`` (``lsst``, ``sdss_mgs``, ``sdss_wise``), in the order of the preset's
@@ -29,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["FilterCurve", "FILTER_PRESETS", "RAIL_PREFIX", "read_two_columns", "check_tabulated", "resolve_path",
+           "rail_package_file",
            "read_filter_file", "speclite_filter", "load_filter", "load_filters", "filter_support"]
 
 RAIL_PREFIX = "rail:"
@@ -87,17 +90,37 @@ def resolve_path(spec: str | os.PathLike[str], resolve: Resolver | None = None) 
     Raises
     ------
     ValueError
-        A ``"rail:"`` spec without a resolver.
+        A ``"rail:"`` spec that no resolver finds.
     """
     spec = os.fspath(spec)
     if not spec.startswith(RAIL_PREFIX):
         return spec
+    rel = spec[len(RAIL_PREFIX):]
     if resolve is None:
-        raise ValueError(
-            f"{spec!r} names a file of RAIL's package data: pass a resolver, "
-            "resolve=rail.photovaez.data.rail_resolver (the core package does not import RAIL)"
-        )
-    return os.fspath(resolve(spec[len(RAIL_PREFIX):]))
+        return rail_package_file(rel)
+    return os.fspath(resolve(rel))
+
+
+def rail_package_file(rel: str) -> str:
+    """The path of ``rel`` inside the ``rail`` namespace package's folders, found without importing
+    RAIL (``importlib.util.find_spec`` lists the folders; the same search as RAIL's
+    ``find_rail_file``): the default resolver of ``"rail:"`` specs.
+
+    Raises
+    ------
+    ValueError
+        RAIL is not installed, or no folder of it holds ``rel``.
+    """
+    import importlib.util
+
+    found = importlib.util.find_spec("rail")
+    folders = list(found.submodule_search_locations or []) if found is not None else []
+    for folder in folders:
+        path = os.path.abspath(os.path.join(folder, rel))
+        if os.path.exists(path):
+            return path
+    raise ValueError(f"'rail:{rel}' names a file of RAIL's package data, which is not in {folders or 'any folder'} "
+                     "(install pz-rail-base, or give the file's path)")
 
 
 def read_two_columns(path: str | os.PathLike[str], what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -212,7 +212,8 @@ def model_from_dict(d: Mapping[str, Any]):
     from .model import SDGM
 
     d = validate_model_dict(dict(d))
-    config = ModelConfig.from_dict(d["model_config"])
+    # files written before the sed decoder (format 1, photovaez < 0.2) hold mlp models and no "decoder"
+    config = ModelConfig.from_dict({"decoder": "mlp", **d["model_config"]})
     basis = None
     if config.decoder == "sed":
         from .sed_decoder import SEDBasis

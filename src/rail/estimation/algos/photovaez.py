@@ -327,7 +327,6 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
 
     def run(self) -> None:
         from photovaez.api import fit
-
         from rail.photovaez.data import rail_resolver
 
         training = self._table(self.get_data("input"))
