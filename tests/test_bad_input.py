@@ -173,6 +173,8 @@ def test_negative_or_nan_errors_are_replaced_and_counted(model, data, posterior)
     np.testing.assert_array_equal(_anc(ens, "pdf_flag"), 0)
     # the replaced error is replace_error_vals: the same PDF as that value written in the table
     same = _copy(data[1])
+    for col in ("mag_err_g_lsst", "mag_err_r_lsst", "mag_err_i_lsst", "mag_err_z_lsst"):
+        same[col] = same[col].astype(np.float64)  # 0.1 exactly (float32 would hold 0.1000000015)
     same["mag_err_g_lsst"][0] = 0.1  # RAIL's default replace_error_vals
     same["mag_err_r_lsst"][1] = same["mag_err_i_lsst"][1] = same["mag_err_z_lsst"][2] = 0.1
     ref = _estimate(model, same, **kw)

@@ -312,15 +312,16 @@ def auroc(neg, pos):
     return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
 
 
-@pytest.fixture(scope="module")
-def trained(dc2_tables):
+@pytest.fixture(scope="module", params=["mlp", "sed"])
+def trained(dc2_tables, request):
+    """A small model of each decoder trained on the DC2 subset (the posterior modes with either)."""
     from photovaez import api
 
     train, valid = dc2_tables
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny network trains faster on one thread of a shared CPU
     try:
-        d = api.fit(train, model_config={"hidden": [32, 32], "dim_a": 4, "dim_b": 4},
+        d = api.fit(train, model_config={"hidden": [32, 32], "dim_a": 4, "dim_b": 4, "decoder": request.param},
                     train_config={"epochs": 30, "batch_size": 128, "device": "cpu", "progress": False,
                                   "min_epochs": 30, "learning_rate": 3e-3, "seed": 0})
     finally:
@@ -334,8 +335,8 @@ def test_log_px_flags_corrupted_photometry(trained):
     bad = dict(sub)
     bad["mag_i_lsst"] = sub["mag_i_lsst"] + 2.0
     params = export_params(predictor.model_dict)
-    clean = P.log_px(params, predictor.features(sub)[0], n_importance=64, seed=0)
-    corrupt = P.log_px(params, predictor.features(bad)[0], n_importance=64, seed=0)
+    clean = P.log_px(params, predictor.observations(sub)[0], n_importance=64, seed=0)
+    corrupt = P.log_px(params, predictor.observations(bad)[0], n_importance=64, seed=0)
     assert np.all(np.isfinite(clean.log_px)) and np.all(np.isfinite(corrupt.log_px))
     score = auroc(-clean.log_px, -corrupt.log_px)  # outlier score = -log p(x)
     print(f"AUROC {score:.3f}, median Kish ESS {np.median(clean.kish_ess):.1f} of 64")
@@ -343,12 +344,16 @@ def test_log_px_flags_corrupted_photometry(trained):
     assert np.all(clean.kish_ess >= 1.0) and np.all(clean.kish_ess <= 64.0 + 1e-6)
 
 
+def _decoder(predictor):
+    return predictor.model.config.decoder
+
+
 @pytest.fixture(scope="module")
 def reference(trained):
     """Eight validation galaxies and their grid posterior with N = 256 (the reference p(z|x))."""
     predictor, valid = trained
     sub = {k: np.asarray(v)[:8] for k, v in valid.items()}
-    x = predictor.features(sub)[0]
+    x = predictor.observations(sub)[0]
     zgrid = np.linspace(0.0, 3.0, 151)
     return sub, x, zgrid, P.grid_posterior(predictor.jax_params, x, zgrid, n_importance=256, seed=0)
 
@@ -357,11 +362,16 @@ def test_snis_matches_grid_posterior(trained, reference):
     predictor, _ = trained
     _, x, zgrid, ref = reference
     s = P.snis_posterior(predictor.jax_params, x, zgrid, n_importance=4096, seed=0)
-    assert np.all(s.flag == 0) and np.all((s.kish_ess > 100) & (s.kish_ess <= 4096 + 1e-6)), s.kish_ess
+    # the sed model's encoder is a poorer proposal for its own posterior (observed Kish ESS 25-520)
+    min_ess = 20 if _decoder(predictor) == "sed" else 100
+    assert np.all(s.flag == 0) and np.all((s.kish_ess > min_ess) & (s.kish_ess <= 4096 + 1e-6)), s.kish_ess
     d = np.abs(cdf_on_grid(zgrid, s.pdf) - cdf_on_grid(zgrid, ref.pdf)).max(1)
     # observed max 0.04, mean 0.025 (IS noise at a Kish ESS ~ 10^3 plus the KDE's widening);
     # the unweighted draws (the amortised q(z|x)) are off by 0.08-0.4, mean 0.2
-    assert d.max() <= 0.07 and d.mean() <= 0.04, d
+    # sed: observed max 0.18, mean 0.06 at ESS 25-520 (the importance sampling of the sed posterior is
+    # the model-posterior work of issue 11); held at 0.25 / 0.1
+    tol = (0.25, 0.1) if _decoder(predictor) == "sed" else (0.07, 0.04)
+    assert d.max() <= tol[0] and d.mean() <= tol[1], d
     # two estimators of log p(x): SNIS's IWAE from its joint draws, the grid's integral of p(x, z)
     np.testing.assert_allclose(s.log_px, ref.log_px_grid, atol=0.3)
     # the same draws give log_px
@@ -378,11 +388,18 @@ def test_estimate_model_posterior_modes(trained, reference, mode):
     n_samples, settings = {"grid": (32, dict(support_tol=1e-4)),
                            "hmc": (16, dict(num_warmup=100, num_samples=200, max_tree_depth=5)),
                            "snis": (256, {})}[mode]
-    pdfs, ancil = api.estimate(predictor, sub, zgrid, mode=mode, n_samples=n_samples, n_log_px=32, seed=0, **settings)
+    # the sed model's importance weights are more spread (its encoder a poorer proposal of its own
+    # posterior): 4x the samples for the same Monte-Carlo accuracy (with 32, grid's max dCDF was 0.17)
+    k = 4 if _decoder(predictor) == "sed" else 1
+    n_samples, n_px = k * n_samples, k * 32
+    pdfs, ancil = api.estimate(predictor, sub, zgrid, mode=mode, n_samples=n_samples, n_log_px=n_px, seed=0,
+                               **settings)
     # close to the N = 256 grid posterior (observed max / mean dCDF: grid 0.03 / 0.02, hmc 0.13 / 0.08,
     # snis 0.09 / 0.05; the amortised q(z|x) is off by 0.38 / 0.2)
     d = np.abs(cdf_on_grid(zgrid, pdfs) - cdf_on_grid(zgrid, ref.pdf)).max(1)
     tol = {"grid": (0.1, 0.05), "hmc": (0.2, 0.12), "snis": (0.2, 0.12)}[mode]
+    if k > 1:  # sed, observed max / mean: grid 0.17 / 0.05 (at 32 samples), snis 0.32 / 0.09
+        tol = {"grid": (0.2, 0.08), "hmc": (0.4, 0.15), "snis": (0.4, 0.15)}[mode]
     assert d.max() <= tol[0] and d.mean() <= tol[1], d
     # point estimates by their definitions
     np.testing.assert_allclose(ancil["zmean"], integrate.trapezoid(pdfs * zgrid, zgrid, axis=1), rtol=1e-6)
@@ -391,7 +408,7 @@ def test_estimate_model_posterior_modes(trained, reference, mode):
     np.testing.assert_allclose(at_median, 0.5, atol=1e-6)
     assert np.all(np.abs(ancil["zmode"] - zgrid[np.argmax(pdfs, axis=1)]) <= 0.5 * (zgrid[1] - zgrid[0]))
     # log p(x): 32-sample IWAE for grid and hmc, the mode's own draws for snis
-    n_px = 256 if mode == "snis" else 32
+    n_px = n_samples if mode == "snis" else n_px
     lp = P.log_px(predictor.jax_params, x, n_importance=n_px, seed=0)
     np.testing.assert_allclose(ancil["log_px"], lp.log_px, rtol=1e-6)
     np.testing.assert_allclose(ancil["kish_ess"], lp.kish_ess, rtol=1e-5)

@@ -175,7 +175,8 @@ def test_fit_records_the_sed_settings(sed_model):
     assert mc["decoder"] == "sed" and mc["prior_band"] == "mag_i_lsst" and mc["reference_band_index"] == 3
     assert [f.rsplit("/", 1)[-1] for f in mc["filters"]] == [f"DC2LSST_{b}.res" for b in "ugrizy"]
     basis = sed_model["sed_basis"]
-    assert np.asarray(basis["flux"]).shape[:2] == (8, 6) and len(basis["log_centres"]) == 4
+    assert mc["templates"] == "cosmos"  # the default: RAIL's 31 COSMOS templates
+    assert np.asarray(basis["flux"]).shape[:2] == (31, 6) and len(basis["log_centres"]) == 4
     rep = sed_model["report"]
     assert rep["intrinsic_error"] > 0 and set(rep["zero_point_offsets_mag"]) == set(FeatureSpec().bands)
     assert rep["bpz_prior"]["z0"] > 0 and "p_z_given_m.km" in sed_model["state"]
