@@ -132,6 +132,16 @@ def test_stage_options_are_the_core_configuration():
             assert o.name in stage.config_options, (cls.__name__, o.name)
             assert stage.config_options[o.name].msg == o.help
     assert "dim_x" not in PhotoVAEzInformer.config_options  # set from the features, not by users
+    assert "n_bands" not in PhotoVAEzInformer.config_options and "reference_band_index" not in \
+        PhotoVAEzInformer.config_options
+    # the physics decoder's options (issue 10) through the stage
+    sed = PhotoVAEzInformer.make_stage(name=_name("inf"), decoder="mlp", templates="cwwsb4", n_correction=4,
+                                       zero_points=True, redshift_prior="bpz", prior_band="mag_r_lsst",
+                                       filters=[f"lsst2023-{b}" for b in "ugrizy"], sed_uses_b=True)
+    mc = sed.model_config
+    assert (mc.decoder, mc.templates, mc.n_correction, mc.zero_points, mc.prior, mc.prior_band, mc.sed_uses_b) == \
+        ("mlp", "cwwsb4", 4, True, "bpz", "mag_r_lsst", True)
+    assert mc.filters == [f"lsst2023-{b}" for b in "ugrizy"] and ModelConfig().decoder == "sed"
     assert PhotoVAEzEstimator.default_distribution_type() == DistributionType.posterior
 
 
