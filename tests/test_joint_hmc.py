@@ -2,11 +2,11 @@
 
 import numpy as np
 import torch
-from test_posterior import plain_dict, quadrature_log_joint, random_model, sample_x
 
 from photovaez.export import export_params
 from photovaez.grid import cdf_on_grid, normalise
 from photovaez.joint_hmc import joint_hmc_posterior, log_p_joint
+from test_posterior import plain_dict, quadrature_log_joint, random_model, sample_x
 
 
 def test_joint_hmc_matches_the_quadrature_posterior():
