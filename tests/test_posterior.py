@@ -379,7 +379,7 @@ def test_snis_matches_grid_posterior(trained, reference):
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["grid", "hmc", "snis"])
+@pytest.mark.parametrize("mode", ["grid", "hmc", "snis", "joint"])
 def test_estimate_model_posterior_modes(trained, reference, mode):
     from photovaez import api
 
@@ -387,19 +387,20 @@ def test_estimate_model_posterior_modes(trained, reference, mode):
     sub, x, zgrid, ref = reference
     n_samples, settings = {"grid": (32, dict(support_tol=1e-4)),
                            "hmc": (16, dict(num_warmup=100, num_samples=200, max_tree_depth=5)),
-                           "snis": (256, {})}[mode]
+                           "snis": (256, {}),
+                           "joint": (2, dict(num_warmup=200, num_samples=300))}[mode]
     # the sed model's importance weights are more spread (its encoder a poorer proposal of its own
     # posterior): 4x the samples for the same Monte-Carlo accuracy (with 32, grid's max dCDF was 0.17)
     k = 4 if _decoder(predictor) == "sed" else 1
-    n_samples, n_px = k * n_samples, k * 32
+    n_samples, n_px = (n_samples if mode == "joint" else k * n_samples), k * 32
     pdfs, ancil = api.estimate(predictor, sub, zgrid, mode=mode, n_samples=n_samples, n_log_px=n_px, seed=0,
                                **settings)
     # close to the N = 256 grid posterior (observed max / mean dCDF: grid 0.03 / 0.02, hmc 0.13 / 0.08,
     # snis 0.09 / 0.05; the amortised q(z|x) is off by 0.38 / 0.2)
     d = np.abs(cdf_on_grid(zgrid, pdfs) - cdf_on_grid(zgrid, ref.pdf)).max(1)
-    tol = {"grid": (0.1, 0.05), "hmc": (0.2, 0.12), "snis": (0.2, 0.12)}[mode]
+    tol = {"grid": (0.1, 0.05), "hmc": (0.2, 0.12), "snis": (0.2, 0.12), "joint": (0.2, 0.12)}[mode]
     if k > 1:  # sed, observed max / mean: grid 0.17 / 0.05 (at 32 samples), snis 0.32 / 0.09
-        tol = {"grid": (0.2, 0.08), "hmc": (0.4, 0.15), "snis": (0.4, 0.15)}[mode]
+        tol = {"grid": (0.2, 0.08), "hmc": (0.4, 0.15), "snis": (0.4, 0.15), "joint": (0.4, 0.15)}[mode]
     assert d.max() <= tol[0] and d.mean() <= tol[1], d
     # point estimates by their definitions
     np.testing.assert_allclose(ancil["zmean"], integrate.trapezoid(pdfs * zgrid, zgrid, axis=1), rtol=1e-6)
@@ -408,7 +409,7 @@ def test_estimate_model_posterior_modes(trained, reference, mode):
     np.testing.assert_allclose(at_median, 0.5, atol=1e-6)
     assert np.all(np.abs(ancil["zmode"] - zgrid[np.argmax(pdfs, axis=1)]) <= 0.5 * (zgrid[1] - zgrid[0]))
     # log p(x): 32-sample IWAE for grid and hmc, the mode's own draws for snis
-    n_px = n_samples if mode == "snis" else n_px
+    n_px = n_samples if mode == "snis" else n_px  # joint: the IWAE pass, as grid and hmc
     lp = P.log_px(predictor.jax_params, x, n_importance=n_px, seed=0)
     np.testing.assert_allclose(ancil["log_px"], lp.log_px, rtol=1e-6)
     np.testing.assert_allclose(ancil["kish_ess"], lp.kish_ess, rtol=1e-5)
@@ -416,5 +417,7 @@ def test_estimate_model_posterior_modes(trained, reference, mode):
     assert np.all(ancil["pdf_flag"] == 0)
     if mode == "hmc":
         assert ancil["divergences"].shape == (len(x),) and ancil["ess"].shape == (len(x),)
+    if mode == "joint":  # 2 chains x 300 draws per galaxy
+        assert ancil["rhat"].shape == (len(x),) and np.all(ancil["ess"] > 20), ancil["ess"]
     empty, anc0 = api.estimate(predictor, {k: v[:0] for k, v in sub.items()}, zgrid, mode=mode)
     assert empty.shape == (0, len(zgrid)) and anc0["zmode"].shape == (0,)

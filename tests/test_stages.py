@@ -376,11 +376,12 @@ def test_unlabeled_data_as_path(tables, dc2_tables, tmp_path):
 # posterior modes
 
 
-@pytest.mark.parametrize("mode", ["grid", "hmc", "snis"])
+@pytest.mark.parametrize("mode", ["grid", "hmc", "snis", "joint"])
 def test_posterior_modes_in_the_stage_are_chunk_invariant(trained, tables, mode):
     """Each posterior mode gives normalised PDFs with log_px (and the HMC diagnostics), and the
     same result whether the galaxies come in one chunk or several."""
-    extra = dict(hmc_num_warmup=60, hmc_num_samples=60, hmc_max_tree_depth=4) if mode == "hmc" else {}
+    extra = {"hmc": dict(hmc_num_warmup=60, hmc_num_samples=60, hmc_max_tree_depth=4),
+             "joint": dict(hmc_num_warmup=60, hmc_num_samples=60, n_chains=2)}.get(mode, {})
     table = _rows(tables[1], slice(0, 12))
     out = []
     for chunk in (100, 5):
@@ -395,6 +396,8 @@ def test_posterior_modes_in_the_stage_are_chunk_invariant(trained, tables, mode)
     assert np.all(np.isfinite(np.ravel(a.ancil["log_px"])))
     if mode == "hmc":
         assert {"divergences", "ess"} <= set(a.ancil)
+    if mode == "joint":
+        assert {"divergences", "rhat", "ess"} <= set(a.ancil)
 
 
 def test_unknown_posterior_mode_is_named(trained):

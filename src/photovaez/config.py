@@ -261,7 +261,8 @@ class EstimateConfig(Config):
 
     posterior: str = option("amortized", "PDF estimator: amortized (q(z|x), a mixture of log-normals), grid (model "
                             "posterior p(z|x) by importance sampling on the grid), hmc (NumPyro NUTS in log z on "
-                            "the same density) or snis (self-normalised importance sampling)")
+                            "the same density), snis (self-normalised importance sampling) or joint (NUTS on "
+                            "(log z, a, b) with the explicit joint density)")
     n_b_samples: int = option(16, "amortized mode: b samples in the mixture q(z|x) = mean_k q(z|b_k, x)")
     n_importance: int = option(0, "grid/hmc/snis: importance samples N per galaxy (0 = the mode's default: grid "
                                "256, hmc 64, snis 1024)")
@@ -269,8 +270,9 @@ class EstimateConfig(Config):
                                   "default: none in amortized mode, 256 in grid/hmc; snis reuses its own draws)")
     support_tol: float = option(1e-4, "grid mode: evaluate p(x, z) only where the amortised q(z|x) holds all but "
                                 "this much mass (widened); 0 = every grid point")
-    hmc_num_warmup: int = option(300, "hmc mode: warm-up (adaptation) steps per chain")
-    hmc_num_samples: int = option(500, "hmc mode: samples per chain")
+    hmc_num_warmup: int = option(300, "hmc and joint modes: warm-up (adaptation) steps per chain")
+    hmc_num_samples: int = option(500, "hmc and joint modes: samples per chain")
+    n_chains: int = option(2, "joint mode: NUTS chains per galaxy (>= 2 gives the split R-hat in the ancil)")
     hmc_max_tree_depth: int = option(6, "hmc mode: NUTS maximum tree depth")
     seed: int = option(0, "seed of every random draw (amortised b draws are shared by all galaxies; "
                        "posterior-mode draws are keyed by the galaxy's row index)")
@@ -280,5 +282,7 @@ class EstimateConfig(Config):
         for name in ("n_importance", "n_importance_px"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EstimateConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_chains < 1:
+            raise ValueError(f"EstimateConfig.n_chains must be >= 1, got {self.n_chains}")
         if self.n_b_samples < 1:
             raise ValueError(f"EstimateConfig.n_b_samples must be >= 1, got {self.n_b_samples}")

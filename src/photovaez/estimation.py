@@ -15,6 +15,8 @@ grid       p(z|x) from the importance-sampled log p(x, z) on the grid           
            (:func:`photovaez.posterior.grid_posterior`)
 hmc        NumPyro NUTS in log z on the same density, KDE on the grid           64
 snis       self-normalised importance sampling of (z, a, b) from the encoder    1024
+joint      NumPyro NUTS on (log z, a, b) with the explicit joint density, no    2 (chains)
+           importance weights (:func:`photovaez.joint_hmc.joint_hmc_posterior`)
 ========== ==================================================================== ============
 
 ``amortized`` (RAIL's spelling, the stage's value) names the amortised mode too.
@@ -111,6 +113,15 @@ def _hmc(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed:
     return ModeResult(r.pdf, {"divergences": r.divergences, "ess": r.ess}, r.flag)
 
 
+def _joint(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
+           device: str, **settings: Any) -> ModeResult:
+    from .joint_hmc import joint_hmc_posterior
+
+    r = joint_hmc_posterior(predictor.jax_params, x, zgrid, n_chains=n_samples, seed=seed, index_offset=index_offset,
+                            **settings)
+    return ModeResult(r.pdf, {"divergences": r.divergences, "rhat": r.rhat, "ess": r.ess}, r.flag)
+
+
 def _snis(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
           device: str, **settings: Any) -> ModeResult:
     from . import posterior as post
@@ -128,6 +139,9 @@ MODES: dict[str, Mode] = {
                 config_keys={"hmc_num_warmup": "num_warmup", "hmc_num_samples": "num_samples",
                              "hmc_max_tree_depth": "max_tree_depth"}),
     "snis": Mode("snis", _snis, default_n_samples=1024, default_n_log_px=0, log_px_from_draws=True),
+    "joint": Mode("joint", _joint, default_n_samples=2, default_n_log_px=256, ancil=("divergences", "rhat", "ess"),
+                  config_keys={"hmc_num_warmup": "num_warmup", "hmc_num_samples": "num_samples"},
+                  samples_key="n_chains"),
 }
 _ALIASES = {"amortized": "amortised"}
 
