@@ -17,8 +17,8 @@ the encoder's variances.  Keys come from ``fold_in(PRNGKey(seed), catalogue inde
 draws do not depend on the chunking.  Diagnostics per galaxy: divergent transitions, the split
 R-hat of u over the chains and its effective sample size (``numpyro.diagnostics``).
 
-This module is the joint sampler of issue 11; it is not yet an estimation mode of
-:mod:`photovaez.estimation`.
+It is the estimation mode ``joint`` of :mod:`photovaez.estimation` (``posterior="joint"`` in the
+stage; ``n_chains`` chains of ``hmc_num_warmup`` + ``hmc_num_samples`` iterations).
 """
 
 from __future__ import annotations
