@@ -381,7 +381,7 @@ def test_posterior_modes_in_the_stage_are_chunk_invariant(trained, tables, mode)
     """Each posterior mode gives normalised PDFs with log_px (and the HMC diagnostics), and the
     same result whether the galaxies come in one chunk or several."""
     extra = {"hmc": dict(hmc_num_warmup=60, hmc_num_samples=60, hmc_max_tree_depth=4),
-             "joint": dict(hmc_num_warmup=60, hmc_num_samples=60, n_chains=2)}.get(mode, {})
+             "joint": dict(hmc_num_warmup=30, hmc_num_samples=30, n_chains=2)}.get(mode, {})
     table = _rows(tables[1], slice(0, 12))
     out = []
     for chunk in (100, 5):
