@@ -174,6 +174,12 @@ class ModelConfig(Config):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)}")
 
+    @classmethod
+    def from_stored(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """The ``model_config`` of a model file: :meth:`from_dict`, where files written before the sed
+        decoder (format 1, photovaez < 0.2) have no ``decoder`` key and hold mlp models."""
+        return cls.from_dict({"decoder": "mlp", **d})
+
     @property
     def prior(self) -> str:
         """The p(z) in use: ``redshift_prior`` with ``auto`` resolved (bpz for sed, lognormal for mlp)."""

@@ -41,6 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .config import ModelConfig
+from .observations import split_observation
+
 __all__ = [
     "StaticConfig",
     "NETWORKS",
@@ -82,11 +85,7 @@ class StaticConfig:
     prior: str = "lognormal"
     n_bands: int = 0
     sed_uses_b: bool = False
-
-    @property
-    def dim_obs(self) -> int:
-        """Width of an observation row (:attr:`photovaez.config.ModelConfig.dim_obs`)."""
-        return self.dim_x + (2 * self.n_bands if self.decoder == "sed" else 0) + (1 if self.prior == "bpz" else 0)
+    dim_obs: int = 0  # width of an observation row, ModelConfig.dim_obs
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -146,18 +145,13 @@ def export_params(model_dict: Mapping[str, Any], dtype: Any = jnp.float32) -> di
         The parameter pytree described in the module docstring.
     """
     state = model_dict["state"]
-    mc = dict(model_dict["model_config"])
-    decoder = str(mc.get("decoder", "mlp"))
-    redshift_prior = str(mc.get("redshift_prior", "lognormal"))
-    prior = ("bpz" if decoder == "sed" else "lognormal") if redshift_prior == "auto" else redshift_prior
+    mc = ModelConfig.from_stored(model_dict["model_config"])
+    decoder, prior = mc.decoder, mc.prior
     static = StaticConfig(
-        dim_x=int(mc["dim_x"]), dim_a=int(mc["dim_a"]), dim_b=int(mc["dim_b"]),
-        activation=str(mc.get("activation", "silu")),
-        per_dim_variance=bool(mc.get("per_dim_variance", False)),
-        logvar_min=float(mc.get("logvar_min", -9.0)), logvar_max=float(mc.get("logvar_max", 4.0)),
-        x_logvar_min=float(mc.get("x_logvar_min", mc.get("logvar_min", -9.0))),
-        decoder=decoder, prior=prior, n_bands=int(mc.get("n_bands", 0)),
-        sed_uses_b=bool(mc.get("sed_uses_b", False)),
+        dim_x=int(mc.dim_x), dim_a=int(mc.dim_a), dim_b=int(mc.dim_b), activation=mc.activation,
+        per_dim_variance=bool(mc.per_dim_variance), logvar_min=float(mc.logvar_min),
+        logvar_max=float(mc.logvar_max), x_logvar_min=float(mc.x_logvar_min), decoder=decoder, prior=prior,
+        n_bands=int(mc.n_bands), sed_uses_b=bool(mc.sed_uses_b), dim_obs=int(mc.dim_obs),
     )
     _activation(static.activation)
     params: dict[str, Any] = {net: _net_params(state, f"{net}_net", dtype) for net in static.networks}
@@ -175,7 +169,7 @@ def export_params(model_dict: Mapping[str, Any], dtype: Any = jnp.float32) -> di
 
         exported = sed_decoder_from_state(state, "sed_decoder", {
             "a_dim": static.dim_a, "b_dim": static.dim_b if static.sed_uses_b else 0, "activation": static.activation,
-            "correction_max": float(mc["correction_max"]), "reference_band": int(mc.get("reference_band_index", -1))})
+            "correction_max": float(mc.correction_max), "reference_band": int(mc.reference_band_index)})
         params["sed"] = sed_params(exported, dtype)
     if prior == "bpz":
         from .redshift_prior import BPZPriorRaw, constrain
@@ -281,8 +275,6 @@ def log_p_x_given_abz(params: Mapping[str, Any], obs: jnp.ndarray, a: jnp.ndarra
     :func:`photovaez.export_sed.sed_log_p_x_given_abz`).  ``z`` may have fewer batch axes than ``a``
     (e.g. one redshift for all the importance samples of a galaxy): it broadcasts, and the sed
     decoder then interpolates its tables once for all of them."""
-    from .observations import split_observation
-
     st = params["static"]
     x, cols = split_observation(obs, st)
     if st.decoder == "sed":

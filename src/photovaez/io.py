@@ -212,8 +212,7 @@ def model_from_dict(d: Mapping[str, Any]):
     from .model import SDGM
 
     d = validate_model_dict(dict(d))
-    # files written before the sed decoder (format 1, photovaez < 0.2) hold mlp models and no "decoder"
-    config = ModelConfig.from_dict({"decoder": "mlp", **d["model_config"]})
+    config = ModelConfig.from_stored(d["model_config"])
     basis = None
     if config.decoder == "sed":
         from .sed_decoder import SEDBasis

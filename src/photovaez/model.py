@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributions import Independent, LogNormal, Normal
 
 from .config import ModelConfig
+from .observations import split_observation
 
 __all__ = ["ModelConfig", "GaussianMLP", "SDGM", "soft_clamp", "ACTIVATIONS"]
 
@@ -142,8 +143,8 @@ class SDGM(nn.Module):
     def reference_band(self) -> int | None:
         """Index of the reference band (m_ref, and the sed decoder's amplitude), from the config's
         ``reference_band_index`` (set at training time); None when the model has none."""
-        idx = getattr(self.config, "reference_band_index", -1)
-        return None if idx is None or idx < 0 else int(idx)
+        idx = self.config.reference_band_index
+        return None if idx < 0 else int(idx)
 
     def features_of(self, obs: torch.Tensor) -> torch.Tensor:
         """The encoder's features x, the first D_x columns of observation rows (x itself is fine)."""
@@ -206,8 +207,6 @@ class SDGM(nn.Module):
         """log p(x | a, b, z) of observation rows: the mlp decoder's Gaussian of the features, or
         the sed decoder's flux likelihood of the rows' fluxes (amplitude marginalised)."""
         if self.config.decoder == "sed":
-            from .observations import split_observation
-
             _, cols = split_observation(obs, self.config)
             return self.sed_decoder.log_p_x_given_abz(cols.flux, cols.flux_err, a, z,
                                                       b if self.config.sed_uses_b else None)
