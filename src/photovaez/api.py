@@ -19,10 +19,11 @@ from .features import FeatureSpec, Photometry, Scaler, affine_map, clean_photome
 from .grid import normalise, point_estimates
 from .io import model_from_dict, model_to_dict, validate_model_dict
 from .observations import decoder_columns, observation_rows, reference_band
+from .support import fit_support, support_to_dict
 from .train import TrainingArrays, train_sdgm
 
-__all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "Predictor", "load_predictor", "quality_ancil",
-           "estimate", "log_px", "latents"]
+__all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "add_posterior_tools", "Predictor",
+           "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,54 @@ def fit(
     if tc.calibrate:
         val = validation_index[data.labelled[validation_index]]
         model_dict["calibration"] = _calibrate(model_dict, phot.subset(val), data.z[val], tc)
+    _fit_posterior_tools(model_dict, phot, data.labelled, tc)
     return model_dict
+
+
+def _fit_posterior_tools(model_dict: dict, phot: Photometry, labelled: np.ndarray, tc: TrainConfig) -> None:
+    """Store the labelled support (:mod:`photovaez.support`) and, with ``tc.proposal_steps > 0``, the
+    importance proposal's temperatures (:func:`photovaez.proposal.fit_proposal`, fitted on all the
+    training photometry) in ``model_dict``."""
+    from .export import export_params
+    from .proposal import fit_proposal, proposal_to_dict
+
+    pred = load_predictor(model_dict)
+    x = features(phot, pred.spec, pred.scaler)
+    model_dict["labelled_support"] = support_to_dict(fit_support(x[labelled], k=tc.support_k, seed=tc.seed))
+    if tc.proposal_steps <= 0:
+        return
+    obs = observation_rows(x, decoder_columns(phot, pred.spec, pred.model.config))
+    prop, rep = fit_proposal(export_params(model_dict), obs, steps=tc.proposal_steps, seed=tc.seed)
+    log.info("importance proposal: median Kish ESS of %d draws %.1f -> %.1f, IW bound %.3f -> %.3f%s",
+             4 * rep["n_samples"], rep["ess_before"], rep["ess_after"], rep["iw_bound_before"],
+             rep["iw_bound_after"], "" if rep["kept"] else " (not kept: no gain)")
+    model_dict["proposal"] = proposal_to_dict(prop)
+    model_dict.setdefault("report", {})["proposal"] = rep
+
+
+def add_posterior_tools(model_dict: Mapping[str, Any], labelled_table: Mapping[str, Any],
+                        unlabelled_table: Mapping[str, Any] | None = None, redshift_col: str = "redshift",
+                        train_config: TrainConfig | Mapping[str, Any] | None = None) -> dict:
+    """A copy of a trained model dict with the labelled support and the fitted importance proposal
+    that :func:`fit` stores (for model files written before them; the networks are unchanged).
+
+    ``labelled_table`` / ``unlabelled_table`` are the training tables (rows whose ``redshift_col``
+    is not a finite positive number count as unlabelled); ``train_config`` gives ``proposal_steps``,
+    ``support_k`` and ``seed`` (default: the model's own ``train_config``).
+    """
+    d = validate_model_dict(dict(model_dict))
+    tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(
+        dict(train_config or d.get("train_config") or {}))
+    spec = FeatureSpec.from_dict(d["feature_spec"])
+    if redshift_col not in labelled_table:
+        raise KeyError(f"column {redshift_col!r} (redshift_col) is missing from the training table")
+    phot, labelled = clean_photometry(labelled_table, spec), labelled_mask(labelled_table, redshift_col)
+    if unlabelled_table is not None and _n_rows(unlabelled_table) > 0:
+        up = clean_photometry(unlabelled_table, spec)
+        phot, labelled = Photometry.concatenate([phot, up]), np.concatenate([labelled, np.zeros(len(up), bool)])
+    out = dict(d, report=dict(d.get("report", {})))
+    _fit_posterior_tools(out, phot, labelled, tc)
+    return out
 
 
 def _calibrate(model_dict: dict, phot: Photometry, ztrue: np.ndarray, tc: TrainConfig) -> dict:
@@ -222,6 +270,18 @@ class Predictor:
     def temperature(self) -> float:
         """Calibration temperature of the amortised PDFs (1 when the model has none)."""
         return float(self.model_dict.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def labelled_support(self) -> Any:
+        """The labelled data's support stored in the model (:class:`photovaez.support.LabelledSupport`)."""
+        from .support import support_from_dict
+
+        d = self.model_dict.get("labelled_support")
+        if d is None:
+            raise ValueError("this model file has no 'labelled_support' (it was written before photovaez stored "
+                             "one); the auto mode needs it: retrain the model, or set model_dict['labelled_support'] "
+                             "= photovaez.support.support_to_dict(fit_support(labelled features))")
+        return support_from_dict(d)
 
     @property
     def jax_params(self) -> Any:

@@ -240,6 +240,10 @@ class TrainConfig(Config):
                                   "uninterrupted run would (CPU, same seed); removed when training completes; "
                                   "'' = no checkpoints")
     checkpoint_every: int = option(1, "epochs between training checkpoints")
+    proposal_steps: int = option(100, "Adam steps fitting the importance proposal's temperatures after training "
+                                 "(photovaez.proposal: the posterior modes' ESS); 0 = the untempered encoder")
+    support_k: int = option(8, "neighbour rank of the labelled-support distance stored in the model "
+                            "(photovaez.support; the auto mode's extrapolation test)")
 
     def __post_init__(self) -> None:
         if self.grad_skip_threshold is None:  # model files before 0.2 stored None for "adaptive"
@@ -267,15 +271,27 @@ class EstimateConfig(Config):
 
     posterior: str = option("amortized", "PDF estimator: amortized (q(z|x), a mixture of log-normals), grid (model "
                             "posterior p(z|x) by importance sampling on the grid), hmc (NumPyro NUTS in log z on "
-                            "the same density), snis (self-normalised importance sampling) or joint (NUTS on "
-                            "(log z, a, b) with the explicit joint density)")
+                            "the same density), snis (self-normalised importance sampling), joint (NUTS on "
+                            "(log z, a, b) with the explicit joint density) or auto (amortized inside the "
+                            "labelled data's support, snis outside it; ancil pdf_source and auto_reason)")
     n_b_samples: int = option(16, "amortized mode: b samples in the mixture q(z|x) = mean_k q(z|b_k, x)")
-    n_importance: int = option(0, "grid/hmc/snis: importance samples N per galaxy (0 = the mode's default: grid "
-                               "256, hmc 64, snis 1024)")
+    n_importance: int = option(0, "grid/hmc/snis/auto: importance samples N per galaxy (0 = the mode's default: "
+                               "grid 256, hmc 64, snis and auto 512 per round)")
     n_importance_px: int = option(0, "samples of the IWAE log p(x) written to the ancil as log_px (0 = the mode's "
                                   "default: none in amortized mode, 256 in grid/hmc; snis reuses its own draws)")
     support_tol: float = option(1e-4, "grid mode: evaluate p(x, z) only where the amortised q(z|x) holds all but "
                                 "this much mass (widened); 0 = every grid point")
+    snis_defensive: float = option(0.1, "snis/auto: fraction of the draws with z uniform on the grid's range "
+                                   "(a defensive proposal for posterior mass the encoder misses)")
+    snis_min_ess: float = option(64.0, "snis/auto: galaxies whose Kish ESS is below this get another round of "
+                                 "n_importance draws (0 = one round)")
+    snis_max_rounds: int = option(4, "snis/auto: at most this many rounds of draws per galaxy")
+    auto_check_quantile: float = option(0.95, "auto mode: galaxies with a labelled-support score above this "
+                                        "(photovaez.support) are checked against the model posterior")
+    auto_support_quantile: float = option(0.99, "auto mode: galaxies with a support score above this are "
+                                          "outside the labelled support and get the model posterior")
+    auto_max_dcdf: float = option(0.25, "auto mode: a checked galaxy keeps its amortised PDF when its max |dCDF| "
+                                  "from the posterior is at most this")
     hmc_num_warmup: int = option(300, "hmc and joint modes: warm-up (adaptation) steps per chain")
     hmc_num_samples: int = option(500, "hmc and joint modes: samples per chain")
     n_chains: int = option(2, "joint mode: NUTS chains per galaxy (>= 2 gives the split R-hat in the ancil)")
@@ -292,3 +308,10 @@ class EstimateConfig(Config):
             raise ValueError(f"EstimateConfig.n_chains must be >= 1, got {self.n_chains}")
         if self.n_b_samples < 1:
             raise ValueError(f"EstimateConfig.n_b_samples must be >= 1, got {self.n_b_samples}")
+        if not 0.0 <= self.snis_defensive < 1.0:
+            raise ValueError(f"EstimateConfig.snis_defensive must be in [0, 1), got {self.snis_defensive}")
+        if self.snis_max_rounds < 1:
+            raise ValueError(f"EstimateConfig.snis_max_rounds must be >= 1, got {self.snis_max_rounds}")
+        if not 0.0 <= self.auto_check_quantile <= self.auto_support_quantile <= 1.0:
+            raise ValueError(f"EstimateConfig: need 0 <= auto_check_quantile ({self.auto_check_quantile}) <= "
+                             f"auto_support_quantile ({self.auto_support_quantile}) <= 1")

@@ -14,9 +14,14 @@ amortised  q(z|x), a mixture of log-normals q(z|b_k, x), b_k ~ q(b|x), with the 
 grid       p(z|x) from the importance-sampled log p(x, z) on the grid           256
            (:func:`photovaez.posterior.grid_posterior`)
 hmc        NumPyro NUTS in log z on the same density, KDE on the grid           64
-snis       self-normalised importance sampling of (z, a, b) from the encoder    1024
+snis       self-normalised importance sampling of (z, a, b) from the tempered   512 per round
+           encoder (:mod:`photovaez.proposal`) with a defensive uniform-z part,
+           more rounds where the ESS is low
 joint      NumPyro NUTS on (log z, a, b) with the explicit joint density, no    2 (chains)
            importance weights (:func:`photovaez.joint_hmc.joint_hmc_posterior`)
+auto       per galaxy: amortised inside the labelled data's support             512 (snis)
+           (:mod:`photovaez.support`), snis outside it and where they disagree
+           at its edge; ``pdf_source`` and ``auto_reason`` say which and why
 ========== ==================================================================== ============
 
 ``amortized`` (RAIL's spelling, the stage's value) names the amortised mode too.
@@ -30,7 +35,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Mode", "ModeResult", "MODES", "COMMON_ANCIL", "resolve_mode", "estimate_arguments"]
+from .grid import normalise
+
+__all__ = ["Mode", "ModeResult", "MODES", "AUTO_REASONS", "COMMON_ANCIL", "resolve_mode", "estimate_arguments"]
 
 #: ancil columns of every mode (:func:`photovaez.grid.point_estimates`, :func:`photovaez.api.quality_ancil`)
 COMMON_ANCIL = ("zmode", "zmean", "zmedian", "n_nondetect", "n_bad_error", "pdf_flag")
@@ -128,9 +135,58 @@ def _snis(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed
 
     r = post.snis_posterior(predictor.jax_params, x, zgrid, n_importance=n_samples, seed=seed,
                             index_offset=index_offset, **settings)
-    return ModeResult(r.pdf, {"log_px": r.log_px, "kish_ess": r.kish_ess}, r.flag)
+    return ModeResult(r.pdf, {"log_px": r.log_px, "kish_ess": r.kish_ess, "n_draws": r.n_draws}, r.flag)
 
 
+#: ``auto_reason`` codes of the auto mode
+AUTO_REASONS = {
+    0: "amortised: inside the labelled support (support_score <= auto_check_quantile)",
+    1: "amortised: at the edge of the labelled support, agrees with the model posterior",
+    2: "posterior: at the edge of the labelled support, the amortised PDF disagrees with it",
+    3: "posterior: outside the labelled support (support_score > auto_support_quantile)",
+}
+
+
+def _auto(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
+          device: str, n_b: int = 16, check_quantile: float = 0.95, support_quantile: float = 0.99,
+          max_dcdf: float = 0.25, **settings: Any) -> ModeResult:
+    """Per galaxy, the amortised q(z|x) or the model posterior (snis), with the reason.
+
+    The support score (:func:`photovaez.support.support_score`) places a galaxy among the labelled
+    ones.  Up to ``check_quantile`` the amortised PDF is used (reason 0); beyond
+    ``support_quantile`` the galaxy is an extrapolation and gets the posterior (3); in between, the
+    posterior is computed and kept only where the amortised PDF's max |dCDF| from it exceeds
+    ``max_dcdf`` (2; else 1).
+    """
+    from . import posterior as post
+    from .grid import cdf_on_grid
+    from .support import support_score
+
+    if not 0.0 <= check_quantile <= support_quantile <= 1.0:
+        raise ValueError(f"auto mode: need 0 <= auto_check_quantile ({check_quantile}) <= auto_support_quantile "
+                         f"({support_quantile}) <= 1")
+    score = support_score(predictor.labelled_support, x[:, :predictor.spec.dim])
+    amortised = _amortised(predictor, x, zgrid, n_b, seed, index_offset, device)
+    pdf, flag = amortised.pdf.copy(), np.asarray(amortised.flag).copy()
+    reason = np.where(score > support_quantile, 3, np.where(score > check_quantile, 1, 0)).astype(np.int8)
+    ess = np.full(len(x), np.nan)
+    todo = np.flatnonzero(reason > 0)
+    if len(todo):
+        r = post.snis_posterior(predictor.jax_params, x[todo], zgrid, n_importance=n_samples, seed=seed,
+                                indices=todo + index_offset, **settings)
+        p_amort, _ = normalise(zgrid, pdf[todo])
+        p_post, _ = normalise(zgrid, r.pdf)
+        dcdf = np.abs(cdf_on_grid(zgrid, p_amort) - cdf_on_grid(zgrid, p_post)).max(1)
+        reason[todo] = np.where(reason[todo] == 3, 3, np.where(dcdf > max_dcdf, 2, 1))
+        use = todo[reason[todo] >= 2]
+        keep = reason[todo] >= 2
+        pdf[use], flag[use], ess[todo] = r.pdf[keep], r.flag[keep], r.kish_ess
+    source = (reason >= 2).astype(np.int8)
+    return ModeResult(pdf, {"pdf_source": source, "auto_reason": reason, "support_score": score,
+                            "posterior_ess": ess}, flag)
+
+
+_SNIS_KEYS = {"snis_defensive": "defensive", "snis_min_ess": "min_ess", "snis_max_rounds": "max_rounds"}
 MODES: dict[str, Mode] = {
     "amortised": Mode("amortised", _amortised, default_n_samples=16, default_n_log_px=0, samples_key="n_b_samples"),
     "grid": Mode("grid", _grid, default_n_samples=256, default_n_log_px=256, ancil=("ess_at_mode",),
@@ -138,7 +194,13 @@ MODES: dict[str, Mode] = {
     "hmc": Mode("hmc", _hmc, default_n_samples=64, default_n_log_px=256, ancil=("divergences", "ess"),
                 config_keys={"hmc_num_warmup": "num_warmup", "hmc_num_samples": "num_samples",
                              "hmc_max_tree_depth": "max_tree_depth"}),
-    "snis": Mode("snis", _snis, default_n_samples=1024, default_n_log_px=0, log_px_from_draws=True),
+    "snis": Mode("snis", _snis, default_n_samples=512, default_n_log_px=0, log_px_from_draws=True, ancil=("n_draws",),
+                 config_keys=_SNIS_KEYS),
+    "auto": Mode("auto", _auto, default_n_samples=512, default_n_log_px=0,
+                 ancil=("pdf_source", "auto_reason", "support_score", "posterior_ess"),
+                 config_keys={"n_b_samples": "n_b", "auto_check_quantile": "check_quantile",
+                              "auto_support_quantile": "support_quantile", "auto_max_dcdf": "max_dcdf",
+                              **_SNIS_KEYS}),
     "joint": Mode("joint", _joint, default_n_samples=2, default_n_log_px=256, ancil=("divergences", "rhat", "ess"),
                   config_keys={"hmc_num_warmup": "num_warmup", "hmc_num_samples": "num_samples"},
                   samples_key="n_chains"),

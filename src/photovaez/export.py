@@ -7,6 +7,7 @@ as numpy arrays, and :func:`export_params` turns it into a pytree::
         "q_b_given_x":   {"layers": [(W, c), ...], "head": (W, c)},   # W in (in, out) layout
         "q_z_given_bx":  ...,  "q_a_given_xbz": ...,  "p_b_given_az": ...,  "p_x_given_abz": ...,
         "prior_mu_z", "prior_log_sigma2_z", "logz_mean", "logz_std": scalars,
+        "proposal": Proposal(log_tau_b, log_tau_z, log_tau_a)  # the importance proposal's temperatures
         "static": StaticConfig(...)   # sizes, activation, log-variance bounds (no leaves)
     }
 
@@ -178,6 +179,9 @@ def export_params(model_dict: Mapping[str, Any], dtype: Any = jnp.float32) -> di
                             for k in ("alpha_raw", "z0_raw", "km", "alpha_slope")))
         bpz = constrain(raw, np.asarray(state["p_z_given_m.m0"], dtype=np.float64), np)
         params["p_z_given_m"] = type(bpz)(*(jnp.asarray(v, dtype=dtype) for v in bpz))
+    from .proposal import proposal_from_dict
+
+    params["proposal"] = proposal_from_dict(model_dict.get("proposal"), static.dim_a, static.dim_b, dtype)
     params["static"] = static
     return params
 

@@ -13,6 +13,11 @@ Layout (``FORMAT_VERSION`` 1)::
     report          training history and counters (plain numbers and lists)
     sed_basis       SEDBasis.to_dict(): the sed decoder's template and correction flux tables
                     (only for model_config decoder "sed")
+    calibration     the amortised PDFs' temperature fit (when train_config calibrate)
+    labelled_support  photovaez.support.support_to_dict(): labelled feature rows and their
+                    leave-one-out neighbour-distance quantiles (the auto mode's extrapolation test)
+    proposal        photovaez.proposal.proposal_to_dict(): the importance proposal's fitted
+                    log-temperatures (absent: the untempered encoder)
 
 The file is a pickle of that dict (RAIL's ``.pkl`` model convention) but is read with a
 restricted unpickler that only rebuilds builtin containers/scalars and numpy arrays/dtypes:

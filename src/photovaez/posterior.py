@@ -52,12 +52,12 @@ from .export import (
     log_p_x_given_abz,
     log_p_z,
     p_b_given_az,
-    q_a_given_xbz,
     q_b_given_x,
     q_z_given_bx,
 )
 from .grid import cdf_on_grid, normalise, normalise_log
 from .mixture import kde_on_grid
+from .proposal import draw_a, draw_b, draw_u, encoder_log_weights, log_q_u
 
 __all__ = [
     "galaxy_noise",
@@ -99,17 +99,10 @@ def galaxy_noise(key: jax.Array, index: jnp.ndarray, n: int, dim_b: int, dim_a: 
     return jax.random.normal(kb, (n, dim_b)), jax.random.normal(ka, (n, dim_a))
 
 
-def _log_normal_at_draw(logvar: jnp.ndarray, eps: jnp.ndarray) -> jnp.ndarray:
-    """log N(mu + sigma eps; mu, sigma^2) summed over the last axis: the density of a draw
-    ``mu + exp(logvar / 2) eps`` under its own diagonal Gaussian."""
-    return -0.5 * jnp.sum(_LOG_2PI + logvar + eps**2, axis=-1)
-
-
 def b_samples(params: Params, x: jnp.ndarray, eps_b: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``b_k = mu_b(x) + sigma_b(x) eps_b[k]`` and ``log q(b_k | x)``: (N, B) and (N,)."""
-    mu, logvar = q_b_given_x(params, x)
-    b = mu + jnp.exp(0.5 * logvar) * eps_b
-    return b, _log_normal_at_draw(logvar, eps_b)
+    """``b_k = mu_b(x) + tau_b sigma_b(x) eps_b[k]`` (the model's tempered proposal,
+    :mod:`photovaez.proposal`) and ``log q(b_k | x)``: (N, B) and (N,)."""
+    return draw_b(params, params["proposal"], x, eps_b)
 
 
 def _log_weights_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb: jnp.ndarray,
@@ -118,9 +111,7 @@ def _log_weights_given_b(params: Params, x: jnp.ndarray, b: jnp.ndarray, log_qb:
     n = b.shape[0]
     zn = jnp.broadcast_to(z, (n,))
     xn = jnp.broadcast_to(x, (n, x.shape[-1]))
-    mu_a, logvar_a = q_a_given_xbz(params, xn, b, zn)
-    a = mu_a + jnp.exp(0.5 * logvar_a) * eps_a
-    log_qa = _log_normal_at_draw(logvar_a, eps_a)
+    a, log_qa = draw_a(params, params["proposal"], x, b, zn, eps_a)
     log_pb = log_normal_diag(b, *p_b_given_az(params, a, zn))
     # z, not zn: the sed decoder interpolates its tables once for all k
     return log_p_x_given_abz(params, xn, a, b, z) + log_pb + log_p_a(a) - log_qa - log_qb
@@ -471,55 +462,97 @@ def hmc_posterior(
 # --------------------------------------------------------------------------------------------
 # IWAE log p(x) and self-normalised importance sampling of (z, a, b)
 # --------------------------------------------------------------------------------------------
-def _joint_proposal(params: Params, x: jnp.ndarray, key: jax.Array, n: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(log z samples (n,), log-weights (n,)) of one galaxy with (z, a, b) from the encoder."""
+def _joint_proposal(params: Params, x: jnp.ndarray, key: jax.Array, n: int, n_defensive: int = 0,
+                    z_range: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(log z samples (n,), log-weights (n,)) of one galaxy with (z, a, b) from the tempered encoder.
+
+    With ``n_defensive > 0`` the last ``n_defensive`` redshifts are drawn instead uniformly on
+    ``z_range = (z_lo, z_hi)`` (stratified: one per equal slice), b and a from the encoder as
+    before, and every draw is weighted against the mixture ``(1 - f) q(z | b, x) + f U(z_lo, z_hi)``
+    with ``f = n_defensive / n`` (deterministic-mixture weights): a defensive component that puts
+    draws wherever the posterior may have mass the encoder misses.
+    """
     st = params["static"]
-    kb, kz, ka = jax.random.split(key, 3)
+    prop = params["proposal"]
+    kb, kz, ka, kd = jax.random.split(key, 4)
     dt = x.dtype
     eps_b = jax.random.normal(kb, (n, st.dim_b), dt)
     eps_z = jax.random.normal(kz, (n,), dt)
     eps_a = jax.random.normal(ka, (n, st.dim_a), dt)
-    b, log_qb = b_samples(params, x, eps_b)
-    xn = jnp.broadcast_to(x, (n, x.shape[-1]))
-    mu_z, lv_z = q_z_given_bx(params, b, xn)
-    u = mu_z[:, 0] + jnp.exp(0.5 * lv_z[:, 0]) * eps_z
+    if n_defensive == 0:
+        return encoder_log_weights(params, prop, x, eps_b, eps_z, eps_a)
+    b, log_qb = draw_b(params, prop, x, eps_b)
+    u_enc, _ = draw_u(params, prop, b, x, eps_z)
+    z_lo, z_hi = z_range[0], z_range[1]
+    strata = (jnp.arange(n_defensive, dtype=dt) + jax.random.uniform(kd, (n_defensive,), dt)) / n_defensive
+    u = jnp.concatenate([u_enc[: n - n_defensive], jnp.log(z_lo + (z_hi - z_lo) * strata)])
     z = jnp.exp(u)
-    log_qz = _log_normal_at_draw(lv_z, eps_z[:, None]) - u  # log-normal: the 1/z Jacobian
-    mu_a, lv_a = q_a_given_xbz(params, xn, b, z)
-    a = mu_a + jnp.exp(0.5 * lv_a) * eps_a
-    log_qa = _log_normal_at_draw(lv_a, eps_a)
+    f = n_defensive / n
+    in_range = (z >= z_lo) & (z <= z_hi)
+    log_qz = jnp.logaddexp(math.log1p(-f) + log_q_u(params, prop, u, b, x) - u,
+                           jnp.where(in_range, math.log(f) - jnp.log(z_hi - z_lo), -jnp.inf))
+    a, log_qa = draw_a(params, prop, x, b, z, eps_a)
+    xn = jnp.broadcast_to(x, (n, x.shape[-1]))
     lw = (log_p_x_given_abz(params, xn, a, b, z) + log_normal_diag(b, *p_b_given_az(params, a, z))
           + log_p_a(a) + log_p_z(params, z, xn) - log_qa - log_qz - log_qb)
     return u, lw
 
 
-@partial(jax.jit, static_argnames=("n",))
-def _proposal_chunk(params: Params, key: jax.Array, index: jnp.ndarray, x: jnp.ndarray, n: int):
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-    return jax.vmap(_joint_proposal, in_axes=(None, 0, 0, None))(params, x, keys, n)
+@partial(jax.jit, static_argnames=("n", "n_defensive"))
+def _proposal_chunk(params: Params, key: jax.Array, index: jnp.ndarray, x: jnp.ndarray, n: int,
+                    n_defensive: int = 0, z_range: jnp.ndarray | None = None, round_: int | jnp.ndarray = 0):
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), round_))(index)
+    return jax.vmap(_joint_proposal, in_axes=(None, 0, 0, None, None, None))(params, x, keys, n, n_defensive, z_range)
 
 
 def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, keep_samples: bool,
-              index_offset: int = 0):
+              index_offset: int = 0, n_defensive: int = 0, z_range: tuple[float, float] | None = None,
+              min_ess: float = 0.0, max_rounds: int = 1, indices: np.ndarray | None = None):
+    """Joint encoder draws of every galaxy in rounds of ``n``: round 0 for all, round r > 0 for the
+    galaxies whose Kish ESS over all their draws so far is still below ``min_ess`` (up to
+    ``max_rounds`` rounds).  Returns log p(x), the Kish ESS, the number of draws per galaxy and, with
+    ``keep_samples``, the (G, n * rounds) log z draws and log-weights (-inf where not drawn).
+    Galaxy g's draws are keyed by its catalogue index, ``indices[g]`` or ``index_offset + g``."""
     x = _as_x(x, params)
     G = len(x)
+    cat_index = np.arange(G) + index_offset if indices is None else np.asarray(indices, np.int64)
     dt = _dtype(params)
     cg = max(1, min(G, int(max_rows) // int(n)))
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 2)
-    lpx, ess = np.empty(G), np.empty(G)
-    us = np.empty((G, n)) if keep_samples else None
-    lws = np.empty((G, n)) if keep_samples else None
-    for s, idx, real in _chunks(G, cg):
-        u, lw = _proposal_chunk(params, key, jnp.asarray(idx + index_offset), jnp.asarray(x[idx], dt), int(n))
-        lw64 = np.asarray(lw, np.float64)[:real]
-        lw64 = np.where(np.isnan(lw64), -np.inf, lw64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lpx[s : s + real] = scipy_logsumexp(lw64, axis=1) - math.log(n)
-            ess[s : s + real] = np.nan_to_num(np.asarray(kish_ess(jnp.asarray(lw64), axis=1), np.float64))
-        if keep_samples:
-            us[s : s + real] = np.asarray(u, np.float64)[:real]
-            lws[s : s + real] = lw64
-    return lpx, ess, us, lws
+    zr = None if z_range is None else jnp.asarray(z_range, dt)
+    max_rounds = max(1, int(max_rounds))
+    width = n * max_rounds if keep_samples else n
+    us = np.zeros((G, width))
+    lws = np.full((G, width), -np.inf)
+    lse = np.full(G, -np.inf)  # logsumexp of the weights so far
+    lse2 = np.full(G, -np.inf)  # ... of the squared weights
+    n_draws = np.zeros(G, np.int64)
+    todo = np.arange(G)
+    for r in range(max_rounds):
+        # later rounds hold few galaxies: pad them to a power of two, not to a full chunk
+        size = cg if r == 0 else min(cg, 1 << int(np.ceil(np.log2(len(todo)))))
+        for _, pos, real in _chunks(len(todo), size):
+            gal = todo[pos]
+            u, lw = _proposal_chunk(params, key, jnp.asarray(cat_index[gal]), jnp.asarray(x[gal], dt), int(n),
+                                    int(n_defensive), zr, r)
+            g = gal[:real]
+            lw64 = np.asarray(lw, np.float64)[:real]
+            lw64 = np.where(np.isnan(lw64), -np.inf, lw64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lse[g] = np.logaddexp(lse[g], scipy_logsumexp(lw64, axis=1))
+                lse2[g] = np.logaddexp(lse2[g], scipy_logsumexp(2.0 * lw64, axis=1))
+            n_draws[g] += n
+            col = slice(r * n, (r + 1) * n) if keep_samples else slice(0, n)
+            us[g, col] = np.asarray(u, np.float64)[:real]
+            lws[g, col] = lw64
+        with np.errstate(invalid="ignore"):
+            ess = np.nan_to_num(np.exp(2.0 * lse - lse2))
+        todo = np.flatnonzero(ess < min_ess) if min_ess > 0 else todo[:0]
+        if len(todo) == 0:
+            break
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lpx = lse - np.log(n_draws)
+    return lpx, ess, n_draws, (us if keep_samples else None), (lws if keep_samples else None)
 
 
 @dataclass
@@ -544,31 +577,60 @@ def log_px(params: Params, x: np.ndarray, n_importance: int = 256, seed: int = 0
     n_importance
         N samples per galaxy.
     """
-    lpx, ess, _, _ = _proposal(params, x, n_importance, seed, max_rows, keep_samples=False,
-                               index_offset=index_offset)
+    lpx, ess, _, _, _ = _proposal(params, x, n_importance, seed, max_rows, keep_samples=False,
+                                  index_offset=index_offset)
     return LogPx(lpx, ess)
 
 
 @dataclass
 class SNISPosterior:
-    """Result of :func:`snis_posterior`: the PDF on the grid, log p(x) and the Kish ESS."""
+    """Result of :func:`snis_posterior`: the PDF on the grid, log p(x), the Kish ESS of all the
+    galaxy's weights, the number of draws it got and the flag."""
 
     pdf: np.ndarray
     log_px: np.ndarray
     kish_ess: np.ndarray
+    n_draws: np.ndarray
     flag: np.ndarray
 
 
-def snis_posterior(params: Params, x: np.ndarray, zgrid: np.ndarray, n_importance: int = 1024, seed: int = 0,
+def snis_posterior(params: Params, x: np.ndarray, zgrid: np.ndarray, n_importance: int = 512, seed: int = 0,
                    max_rows: int = DEFAULT_MAX_ROWS, bandwidth: float | None = None,
-                   index_offset: int = 0) -> SNISPosterior:
-    """Self-normalised importance sampling of p(z|x): (z, a, b) drawn jointly from the encoder,
-    weights ``p(x, z, a, b) / q(z, a, b | x)``, PDF by a weighted Gaussian KDE in log z
+                   index_offset: int = 0, defensive: float = 0.1, min_ess: float = 64.0,
+                   max_rounds: int = 4, indices: np.ndarray | None = None) -> SNISPosterior:
+    """Self-normalised importance sampling of p(z|x): (z, a, b) drawn jointly from the model's
+    proposal (the tempered encoder, :mod:`photovaez.proposal`), weights
+    ``p(x, z, a, b) / q(z, a, b | x)``, PDF by a weighted Gaussian KDE in log z
     (:func:`kde_on_grid`; the bandwidth uses the Kish ESS).  The same draws give the IWAE log p(x).
+
+    Parameters
+    ----------
+    n_importance
+        Draws per galaxy per round.
+    defensive
+        Fraction of the draws whose redshift is uniform on the grid's range (z > 0), weighted
+        against the mixture with the encoder (:func:`_joint_proposal`); 0 = the encoder alone.
+    min_ess, max_rounds
+        Galaxies whose Kish ESS is below ``min_ess`` get another ``n_importance`` draws, up to
+        ``max_rounds`` rounds in all (more samples only where the weights are degenerate).
+    indices
+        Catalogue indices of the rows of ``x`` (they key the draws); default
+        ``index_offset + arange(G)``.
     """
-    lpx, ess, u, lw = _proposal(params, x, n_importance, seed, max_rows, keep_samples=True,
-                                index_offset=index_offset)
+    zgrid = np.asarray(zgrid, np.float64)
+    if not 0.0 <= float(defensive) < 1.0:
+        raise ValueError(f"snis_defensive must be in [0, 1), got {defensive!r}")
+    n_def = int(round(float(defensive) * int(n_importance)))
+    z_pos = zgrid[zgrid > 0]
+    if n_def and len(z_pos) < 2:
+        n_def = 0
+    z_range = (float(z_pos.min()), float(z_pos.max())) if n_def else None
+    lpx, ess, n_draws, u, lw = _proposal(params, x, n_importance, seed, max_rows, keep_samples=True,
+                                         index_offset=index_offset, n_defensive=n_def, z_range=z_range,
+                                         min_ess=float(min_ess), max_rounds=int(max_rounds), indices=indices)
+    used = int(n_draws.max()) if len(n_draws) else 0
+    u, lw = u[:, :used], lw[:, :used]
     with np.errstate(invalid="ignore"):
         w = np.nan_to_num(np.exp(lw - scipy_logsumexp(lw, axis=1, keepdims=True)))
-    pdf, flag = normalise(np.asarray(zgrid, np.float64), kde_on_grid(u, zgrid, weights=w, bandwidth=bandwidth))
-    return SNISPosterior(pdf, lpx, ess, flag)
+    pdf, flag = normalise(zgrid, kde_on_grid(u, zgrid, weights=w, bandwidth=bandwidth))
+    return SNISPosterior(pdf, lpx, ess, n_draws, flag)
