@@ -4,7 +4,8 @@
 For each DC2 scenario (``full``, ``biased``, ``speczlike``: the labelled sets of
 ``benchmarks/dc2.py``) a trained model -- loaded from ``--models`` (a path with ``{scenario}``,
 outside the repository) or trained here with the scenario's data and the default configuration --
-estimates ``--n-galaxies`` random DC2 validation galaxies (``default_rng(seed)``) on RAIL's grid
+estimates ``--n-galaxies`` random DC2 validation galaxies (``default_rng(seed).choice``, in the
+drawn order, so the subsets below are random too) on RAIL's grid
 ``linspace(0, 3, 301)``:
 
 ``amortised``  the calibrated q(z|x)
@@ -106,7 +107,8 @@ def run_scenario(scenario: str, args) -> dict:
     model_dict, info = get_model(scenario, args)
     pred = api.load_predictor(model_dict)
     valid = read_dc2("validation")
-    idx = np.sort(np.random.default_rng(args.seed).choice(len(valid["redshift"]), args.n_galaxies, replace=False))
+    # random order (the DC2 files are sorted by redshift): the joint and reference subsets are its first rows
+    idx = np.random.default_rng(args.seed).choice(len(valid["redshift"]), args.n_galaxies, replace=False)
     table = {k: np.asarray(v)[idx] for k, v in valid.items()}
     ztrue = table["redshift"]
     zgrid = redshift_grid(0.0, 3.0, 301)
@@ -187,8 +189,8 @@ def markdown(meta: dict, results: dict) -> str:
              f"{meta['n_galaxies']} random DC2 validation galaxies per scenario (joint HMC: the first "
              f"{meta['n_joint']}; grid reference with N = {meta['n_reference_samples']}: the first "
              f"{meta['n_reference']}), grid linspace(0, 3, 301), seed {meta['seed']}; JAX {meta['jax']} on "
-             f"{meta['jax_backend']}, {meta['cpu_count']} CPU cores. Galaxies/s from a second (warm) call; joint's from "
-             "its one call after compiling.", ""]
+             f"{meta['jax_backend']}, {meta['cpu_count']} CPU cores. Galaxies/s from a second (warm) call; "
+             "joint's from its one call after compiling.", ""]
     rows = [("galaxies_per_second", "galaxies / s", "{:.1f}"), ("pit_ks", "PIT KS", "{:.4f}"),
             ("cdeloss", "CDE loss", "{:.3f}"), ("sigma_nmad", "sigma_NMAD", "{:.4f}"),
             ("catastrophic_fraction", "\\|dz\\|/(1+z) > 0.15", "{:.4f}"),
@@ -200,7 +202,7 @@ def markdown(meta: dict, results: dict) -> str:
         ref = res.get("reference")
         lines += [f"## {scen}", "", "| metric | " + " | ".join(modes) + (" | reference |" if ref else " |"),
                   "|---|" + "---:|" * (len(modes) + bool(ref))]
-        lines.append("| galaxies | " + " | ".join(str(res["modes"][m]["n"]) for m in modes)
+        lines.append("| galaxies | " + " | ".join(str(int(res["modes"][m]["n"])) for m in modes)
                      + (f" | {ref['n']} |" if ref else " |"))
         for key, label, fmt in rows:
             cells = [fmt.format(res["modes"][m][key]) if key in res["modes"][m] else "" for m in modes]
@@ -208,10 +210,10 @@ def markdown(meta: dict, results: dict) -> str:
                 cells.append(fmt.format(ref[key]) if key in ref else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         e = res["kish_ess_512"]
+        plain, fitted = e["plain_encoder"], e["fitted_proposal"]
         lines += ["", "Kish ESS of 512 joint draws (median / p10 / min): plain encoder "
-                  f"{e['plain_encoder']['median']:.1f} / {e['plain_encoder']['p10']:.1f} / {e['plain_encoder']['min']:.1f}, "
-                  f"fitted proposal {e['fitted_proposal']['median']:.1f} / {e['fitted_proposal']['p10']:.1f} / "
-                  f"{e['fitted_proposal']['min']:.1f}."]
+                  f"{plain['median']:.1f} / {plain['p10']:.1f} / {plain['min']:.1f}, "
+                  f"fitted proposal {fitted['median']:.1f} / {fitted['p10']:.1f} / {fitted['min']:.1f}."]
         if "snis" in res["modes"]:
             s = res["modes"]["snis"]
             lines.append(f"snis as run (defensive part, extra rounds where ESS < 64): {s['mean_draws']:.0f} draws per "
@@ -250,7 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="2: time a second, warm call too")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite posterior.md from <out>/posterior.json")
     args = ap.parse_args(argv)
+    if args.markdown_only:
+        with open(os.path.join(args.out, "posterior.json")) as f:
+            saved = json.load(f)
+        md = markdown(saved["meta"], saved["results"])
+        with open(os.path.join(args.out, "posterior.md"), "w") as f:
+            f.write(md)
+        print(md)
+        return 0
     if "amortised" not in args.modes:
         args.modes = ["amortised", *args.modes]  # the reference's support needs it
 

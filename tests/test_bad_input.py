@@ -21,7 +21,9 @@ from rail.estimation.algos.photovaez import PhotoVAEzEstimator, PhotoVAEzInforme
 
 BANDS = [f"mag_{b}_lsst" for b in "ugrizy"]
 ERRS = [f"mag_err_{b}_lsst" for b in "ugrizy"]
-TINY = dict(hidden=[16, 16], dim_a=3, dim_b=3, epochs=2, batch_size=64, min_epochs=1, device="cpu",
+# no proposal fit nor posterior calibration: seconds per fit, tested in test_posterior / test_sed_recovery
+TINY = dict(proposal_steps=0, calibrate_posterior=False,
+            hidden=[16, 16], dim_a=3, dim_b=3, epochs=2, batch_size=64, min_epochs=1, device="cpu",
             hdf5_groupname="", output_mode="return")
 EST = dict(device="cpu", n_b_samples=4, nzbins=151, output_mode="return")
 _names = itertools.count()

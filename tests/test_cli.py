@@ -25,7 +25,8 @@ from rail.photovaez.data import read_dc2
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["--hidden", "16,16", "--dim-a", "3", "--dim-b", "3", "--epochs", "2", "--batch-size", "64",
-        "--min-epochs", "1", "--device", "cpu", "--seed", "3"]
+        "--min-epochs", "1", "--device", "cpu", "--seed", "3", "--proposal-steps", "0",
+        "--calibrate-posterior", "false"]
 EST = ["--n-b-samples", "4", "--nzbins", "101", "--chunk-size", "40", "--device", "cpu"]
 
 

@@ -95,7 +95,8 @@ def test_two_ranks_match_one(mpi_ready, tmp_path, dc2_tables):
 
     train, test = dc2_tables
     model = api.fit(train, model_config=dict(hidden=[16, 16], dim_a=3, dim_b=3),
-                    train_config=dict(epochs=2, batch_size=128, min_epochs=1, seed=1, progress=False, device="cpu"))
+                    train_config=dict(epochs=2, batch_size=128, min_epochs=1, seed=1, progress=False, device="cpu",
+                                      proposal_steps=0, calibrate_posterior=False))
     save_model(model, str(tmp_path / "model.pkl"))
     rows = {k: np.asarray(v)[:N_ROWS] for k, v in test.items() if k != "redshift"}
     tables_io.write({"photometry": rows}, str(tmp_path / "test.hdf5"))

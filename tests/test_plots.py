@@ -221,7 +221,7 @@ def tiny_model(dc2_tables):
     lab = {k: v[:300] for k, v in train.items()}
     d = api.fit(lab, model_config={"hidden": [16, 16], "dim_a": 3, "dim_b": 4},
                 train_config={"epochs": 2, "batch_size": 64, "min_epochs": 1, "seed": 0, "device": "cpu",
-                              "progress": False})
+                              "progress": False, "proposal_steps": 0, "calibrate_posterior": False})
     return d, {k: v[:200] for k, v in test.items()}
 
 

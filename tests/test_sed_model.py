@@ -166,7 +166,8 @@ def sed_model(dc2_tables):
 
     train, _ = dc2_tables
     mc = {"decoder": "sed", "hidden": [32, 32], "sed_hidden": [16], "n_correction": 4, "zero_points": True}
-    tc = TrainConfig(epochs=3, batch_size=128, progress=False, seed=2)
+    # a short proposal fit (it travels through the model file), no posterior calibration (seconds)
+    tc = TrainConfig(epochs=3, batch_size=128, progress=False, seed=2, proposal_steps=5, calibrate_posterior=False)
     return api.fit(train, None, model_config=mc, train_config=tc, resolve=rail_resolver)
 
 

@@ -69,7 +69,8 @@ def _train(train, spec, labelled):
     unl = {k: v[~labelled] for k, v in train.items() if k != "redshift"} if (~labelled).any() else None
     mc = {"decoder": "sed", "templates": "cwwsb4", "hidden": [64, 64], "sed_hidden": [16], "n_correction": 0,
           "dim_a": 4, "dim_b": 4}
-    tc = TrainConfig(epochs=60, batch_size=256, learning_rate=3e-3, progress=False, seed=0, patience=10)
+    tc = TrainConfig(epochs=60, batch_size=256, learning_rate=3e-3, progress=False, seed=0, patience=10,
+                     proposal_steps=0, calibrate_posterior=False)  # (those are tested in test_posterior)
     return api.fit(lab, unl, spec=spec, model_config=mc, train_config=tc, resolve=rail_resolver)
 
 
@@ -82,12 +83,37 @@ def test_bright_labels_recover_faint_high_z_redshifts(catalogues):
     target = (test[spec.bands[I_BAND]] > 23.0) & (test["redshift"] > 1.0)
     assert target.sum() > 200
     sub = {k: v[target] for k, v in test.items()}
-    nmad = {}
+    nmad, preds = {}, {}
     for name, labelled in (("bright", bright), ("all", np.ones_like(bright))):
-        pred = api.load_predictor(_train(train, spec, labelled))
+        preds[name] = pred = api.load_predictor(_train(train, spec, labelled))
         _, anc = api.estimate(pred, sub, zgrid)
         nmad[name] = point_metrics(anc["zmode"], sub["redshift"])["sigma_nmad"]
+    auto_picks_the_posterior_outside_the_labels(preds, spec, test, sub, zgrid)
     # measured (seed 0): all labels 0.085, bright labels only 0.101 (the 1 < z < 2 "desert" of ugrizy
     # photometry is hard for either: the model posterior (snis) gets 0.054 with all labels)
     assert nmad["all"] < 0.12, nmad  # the fully labelled model does recover them
     assert nmad["bright"] <= 1.5 * nmad["all"], nmad
+
+
+def auto_picks_the_posterior_outside_the_labels(preds, spec, test, faint, zgrid):
+    """The auto mode on the same catalogue: with bright labels only, the faint z > 1 galaxies lie
+    outside the labelled support and get the model posterior (auto_reason 3), bright ones keep the
+    amortised PDF; with every galaxy labelled the faint ones are inside."""
+    from photovaez.estimation import AUTO_REASONS
+
+    i_test = test[spec.bands[I_BAND]]
+    bright = {k: v[i_test < BRIGHT_CUT - 0.5] for k, v in test.items()}
+    # observed fractions 1.00, 0.96, 0.82 (faint galaxies are sparse among all labels too)
+    for name, table, want, at_least in (("bright", faint, 3, 0.9), ("bright", bright, 0, 0.85), ("all", faint, 0, 0.6)):
+        pdfs, anc = api.estimate(preds[name], table, zgrid, mode="auto", n_samples=256)
+        frac = np.mean(anc["auto_reason"] == want)
+        print(name, len(pdfs), AUTO_REASONS[want], frac, np.median(anc["support_score"]))
+        assert frac >= at_least, (name, want, frac, np.bincount(anc["auto_reason"], minlength=4))
+        np.testing.assert_array_equal(anc["pdf_source"], (anc["auto_reason"] >= 2).astype(np.int8))
+        # the posterior ESS is reported exactly where the posterior was computed
+        assert np.all(np.isfinite(anc["posterior_ess"]) == (anc["auto_reason"] >= 1))
+        # amortised rows are the amortised mode's PDFs, posterior rows the snis mode's
+        for mode, rows in (("amortised", anc["pdf_source"] == 0), ("snis", anc["pdf_source"] == 1)):
+            if rows.any():
+                ref, _ = api.estimate(preds[name], table, zgrid, mode=mode, n_samples=0 if mode == "amortised" else 256)
+                np.testing.assert_allclose(pdfs[rows], ref[rows], rtol=1e-5, atol=1e-8)

@@ -25,7 +25,9 @@ from rail.estimation.algos.photovaez import (
     PhotoVAEzModelHandle,
 )
 
-TINY = dict(hidden=[32, 32], dim_a=4, dim_b=4, epochs=2, batch_size=64, min_epochs=1, device="cpu",
+# no proposal fit nor posterior calibration: seconds per fit, tested in test_posterior / test_sed_recovery
+TINY = dict(proposal_steps=0, calibrate_posterior=False,
+            hidden=[32, 32], dim_a=4, dim_b=4, epochs=2, batch_size=64, min_epochs=1, device="cpu",
             hdf5_groupname="")
 EST = dict(device="cpu", n_b_samples=8, nzbins=151)
 ANCIL = {"zmode", "zmean", "zmedian", "n_nondetect", "n_bad_error", "pdf_flag"}
@@ -376,12 +378,14 @@ def test_unlabeled_data_as_path(tables, dc2_tables, tmp_path):
 # posterior modes
 
 
-@pytest.mark.parametrize("mode", ["grid", "hmc", "snis", "joint"])
+@pytest.mark.parametrize("mode", ["grid", "hmc", "snis", "joint", "auto"])
 def test_posterior_modes_in_the_stage_are_chunk_invariant(trained, tables, mode):
     """Each posterior mode gives normalised PDFs with log_px (and the HMC diagnostics), and the
     same result whether the galaxies come in one chunk or several."""
     extra = {"hmc": dict(hmc_num_warmup=60, hmc_num_samples=60, hmc_max_tree_depth=4),
-             "joint": dict(hmc_num_warmup=30, hmc_num_samples=30, n_chains=2)}.get(mode, {})
+             "joint": dict(hmc_num_warmup=30, hmc_num_samples=30, n_chains=2),
+             # every galaxy checked against the posterior, those beyond the labels' median score switched
+             "auto": dict(auto_check_quantile=0.0, auto_support_quantile=0.5)}.get(mode, {})
     table = _rows(tables[1], slice(0, 12))
     out = []
     for chunk in (100, 5):
@@ -398,6 +402,10 @@ def test_posterior_modes_in_the_stage_are_chunk_invariant(trained, tables, mode)
         assert {"divergences", "ess"} <= set(a.ancil)
     if mode == "joint":
         assert {"divergences", "rhat", "ess"} <= set(a.ancil)
+    if mode == "auto":
+        reason = np.ravel(a.ancil["auto_reason"])
+        assert np.any(reason == 3) and np.all(reason >= 1), reason
+        np.testing.assert_array_equal(reason, np.ravel(b.ancil["auto_reason"]))
 
 
 def test_unknown_posterior_mode_is_named(trained):

@@ -20,7 +20,7 @@ from .grid import normalise, point_estimates
 from .io import model_from_dict, model_to_dict, validate_model_dict
 from .observations import decoder_columns, observation_rows, reference_band
 from .support import fit_support, support_to_dict
-from .train import TrainingArrays, train_sdgm
+from .train import TrainingArrays, train_sdgm, validation_split
 
 __all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "add_posterior_tools", "Predictor",
            "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
@@ -176,29 +176,55 @@ def fit(
     if tc.calibrate:
         val = validation_index[data.labelled[validation_index]]
         model_dict["calibration"] = _calibrate(model_dict, phot.subset(val), data.z[val], tc)
-    _fit_posterior_tools(model_dict, phot, data.labelled, tc)
+    val = validation_index[data.labelled[validation_index]]
+    _fit_posterior_tools(model_dict, phot, data.labelled, tc, phot.subset(val), data.z[val])
     return model_dict
 
 
-def _fit_posterior_tools(model_dict: dict, phot: Photometry, labelled: np.ndarray, tc: TrainConfig) -> None:
-    """Store the labelled support (:mod:`photovaez.support`) and, with ``tc.proposal_steps > 0``, the
-    importance proposal's temperatures (:func:`photovaez.proposal.fit_proposal`, fitted on all the
-    training photometry) in ``model_dict``."""
+def _fit_posterior_tools(model_dict: dict, phot: Photometry, labelled: np.ndarray, tc: TrainConfig,
+                         val_phot: Photometry, val_z: np.ndarray) -> None:
+    """Store in ``model_dict`` the labelled support (:mod:`photovaez.support`), with
+    ``tc.proposal_steps > 0`` the importance proposal's temperatures
+    (:func:`photovaez.proposal.fit_proposal`, fitted on all the training photometry) and, with
+    ``tc.calibrate_posterior``, the snis posterior's temperature fitted on the labelled validation galaxies
+    ``val_phot`` / ``val_z`` (:func:`_calibrate_posterior`)."""
     from .export import export_params
     from .proposal import fit_proposal, proposal_to_dict
 
     pred = load_predictor(model_dict)
     x = features(phot, pred.spec, pred.scaler)
     model_dict["labelled_support"] = support_to_dict(fit_support(x[labelled], k=tc.support_k, seed=tc.seed))
-    if tc.proposal_steps <= 0:
-        return
-    obs = observation_rows(x, decoder_columns(phot, pred.spec, pred.model.config))
-    prop, rep = fit_proposal(export_params(model_dict), obs, steps=tc.proposal_steps, seed=tc.seed)
-    log.info("importance proposal: median Kish ESS of %d draws %.1f -> %.1f, IW bound %.3f -> %.3f%s",
-             4 * rep["n_samples"], rep["ess_before"], rep["ess_after"], rep["iw_bound_before"],
-             rep["iw_bound_after"], "" if rep["kept"] else " (not kept: no gain)")
-    model_dict["proposal"] = proposal_to_dict(prop)
-    model_dict.setdefault("report", {})["proposal"] = rep
+    if tc.proposal_steps > 0:
+        obs = observation_rows(x, decoder_columns(phot, pred.spec, pred.model.config))
+        prop, rep = fit_proposal(export_params(model_dict), obs, steps=tc.proposal_steps, seed=tc.seed)
+        log.info("importance proposal: median Kish ESS of %d draws %.1f -> %.1f, IW bound %.3f -> %.3f%s",
+                 4 * rep["n_samples"], rep["ess_before"], rep["ess_after"], rep["iw_bound_before"],
+                 rep["iw_bound_after"], "" if rep["kept"] else " (not kept: no gain)")
+        model_dict["proposal"] = proposal_to_dict(prop)
+        model_dict.setdefault("report", {})["proposal"] = rep
+    if tc.calibrate_posterior:
+        model_dict["posterior_calibration"] = _calibrate_posterior(model_dict, val_phot, val_z, tc)
+
+
+def _calibrate_posterior(model_dict: dict, phot: Photometry, ztrue: np.ndarray, tc: TrainConfig,
+                         max_galaxies: int = 1000) -> dict:
+    """Temperature of the snis model posterior (its default settings) fitted on up to
+    ``max_galaxies`` labelled validation galaxies, on ``[zmin, zmax]`` with spacing <= 0.005."""
+    from . import posterior as post
+    from .calibration import fit_temperature
+    from .grid import redshift_grid
+
+    if len(ztrue) > max_galaxies:
+        keep = np.sort(np.random.default_rng(tc.seed).choice(len(ztrue), max_galaxies, replace=False))
+        phot, ztrue = phot.subset(keep), ztrue[keep]
+    zgrid = redshift_grid(tc.zmin, tc.zmax, max(tc.nzbins, int(np.ceil((tc.zmax - tc.zmin) / 5e-3)) + 1))
+    pred = load_predictor(model_dict)
+    obs, _ = pred.observations_of(phot)
+    r = post.snis_posterior(pred.jax_params, obs, zgrid, seed=tc.seed)
+    cal = fit_temperature(zgrid, normalise(zgrid, r.pdf)[0], ztrue)
+    log.info("posterior calibration (snis) on %d validation galaxies: T = %.3f, PIT KS %.4f -> %.4f",
+             cal["n"], cal["temperature"], cal["ks_before"], cal["ks_after"])
+    return {**cal, "mode": "snis"}
 
 
 def add_posterior_tools(model_dict: Mapping[str, Any], labelled_table: Mapping[str, Any],
@@ -207,9 +233,12 @@ def add_posterior_tools(model_dict: Mapping[str, Any], labelled_table: Mapping[s
     """A copy of a trained model dict with the labelled support and the fitted importance proposal
     that :func:`fit` stores (for model files written before them; the networks are unchanged).
 
-    ``labelled_table`` / ``unlabelled_table`` are the training tables (rows whose ``redshift_col``
-    is not a finite positive number count as unlabelled); ``train_config`` gives ``proposal_steps``,
-    ``support_k`` and ``seed`` (default: the model's own ``train_config``).
+    ``labelled_table`` / ``unlabelled_table`` are the training tables, in the order they were
+    trained on (rows whose ``redshift_col`` is not a finite positive number count as unlabelled):
+    the posterior's temperature is fitted on the labelled galaxies of the training's validation
+    split, which ``validation_fraction`` and ``seed`` of ``train_config`` reproduce from them.
+    ``train_config`` also gives ``proposal_steps``, ``support_k`` and ``calibrate_posterior``
+    (default: the model's own ``train_config``).
     """
     d = validate_model_dict(dict(model_dict))
     tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(
@@ -221,8 +250,13 @@ def add_posterior_tools(model_dict: Mapping[str, Any], labelled_table: Mapping[s
     if unlabelled_table is not None and _n_rows(unlabelled_table) > 0:
         up = clean_photometry(unlabelled_table, spec)
         phot, labelled = Photometry.concatenate([phot, up]), np.concatenate([labelled, np.zeros(len(up), bool)])
+    mc = ModelConfig.from_stored(d["model_config"])
+    z = np.full(len(labelled), np.nan)
+    z[: len(labelled_table[redshift_col])] = np.asarray(labelled_table[redshift_col], np.float64)
+    _, val = validation_split(_training_arrays(phot, z, labelled, spec, mc), tc.validation_fraction, tc.seed)
+    val = val[labelled[val]]
     out = dict(d, report=dict(d.get("report", {})))
-    _fit_posterior_tools(out, phot, labelled, tc)
+    _fit_posterior_tools(out, phot, labelled, tc, phot.subset(val), z[val])
     return out
 
 
@@ -263,8 +297,17 @@ class Predictor:
     def observations(self, table: Mapping[str, Any]) -> tuple[np.ndarray, Photometry]:
         """The observation rows (N, dim_obs) of a table (:mod:`photovaez.observations`): the features,
         then the decoder's columns; and its cleaned photometry."""
-        x, phot = self.features(table)
+        return self.observations_of(clean_photometry(table, self.spec))
+
+    def observations_of(self, phot: Photometry) -> tuple[np.ndarray, Photometry]:
+        """:meth:`observations` of already cleaned photometry."""
+        x = features(phot, self.spec, self.scaler)
         return observation_rows(x, decoder_columns(phot, self.spec, self.model.config)), phot
+
+    @property
+    def posterior_temperature(self) -> float:
+        """Calibration temperature of the snis model posterior (1 when the model has none)."""
+        return float(self.model_dict.get("posterior_calibration", {}).get("temperature", 1.0))
 
     @property
     def temperature(self) -> float:

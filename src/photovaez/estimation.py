@@ -129,12 +129,22 @@ def _joint(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, see
     return ModeResult(r.pdf, {"divergences": r.divergences, "rhat": r.rhat, "ess": r.ess}, r.flag)
 
 
-def _snis(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
-          device: str, **settings: Any) -> ModeResult:
+def _snis_calibrated(predictor: Any, x: np.ndarray, zgrid: np.ndarray, calibrate: bool, **kwargs: Any):
+    """snis_posterior, its PDFs raised to 1/T with the model's posterior temperature when ``calibrate``."""
     from . import posterior as post
+    from .calibration import apply_temperature
 
-    r = post.snis_posterior(predictor.jax_params, x, zgrid, n_importance=n_samples, seed=seed,
-                            index_offset=index_offset, **settings)
+    r = post.snis_posterior(predictor.jax_params, x, zgrid, **kwargs)
+    if calibrate and predictor.posterior_temperature != 1.0:
+        r.pdf, flag = apply_temperature(zgrid, r.pdf, predictor.posterior_temperature)
+        r.flag = np.maximum(r.flag, flag)
+    return r
+
+
+def _snis(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
+          device: str, calibrate: bool = True, **settings: Any) -> ModeResult:
+    r = _snis_calibrated(predictor, x, zgrid, calibrate, n_importance=n_samples, seed=seed, index_offset=index_offset,
+                         **settings)
     return ModeResult(r.pdf, {"log_px": r.log_px, "kish_ess": r.kish_ess, "n_draws": r.n_draws}, r.flag)
 
 
@@ -149,16 +159,15 @@ AUTO_REASONS = {
 
 def _auto(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
           device: str, n_b: int = 16, check_quantile: float = 0.95, support_quantile: float = 0.99,
-          max_dcdf: float = 0.25, **settings: Any) -> ModeResult:
+          max_dcdf: float = 0.4, calibrate: bool = True, **settings: Any) -> ModeResult:
     """Per galaxy, the amortised q(z|x) or the model posterior (snis), with the reason.
 
     The support score (:func:`photovaez.support.support_score`) places a galaxy among the labelled
     ones.  Up to ``check_quantile`` the amortised PDF is used (reason 0); beyond
     ``support_quantile`` the galaxy is an extrapolation and gets the posterior (3); in between, the
-    posterior is computed and kept only where the amortised PDF's max |dCDF| from it exceeds
-    ``max_dcdf`` (2; else 1).
+    amortised PDF is checked against one round of the posterior's draws and replaced by the
+    posterior (all its rounds) where their max |dCDF| exceeds ``max_dcdf`` (2; else 1).
     """
-    from . import posterior as post
     from .grid import cdf_on_grid
     from .support import support_score
 
@@ -170,23 +179,28 @@ def _auto(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed
     pdf, flag = amortised.pdf.copy(), np.asarray(amortised.flag).copy()
     reason = np.where(score > support_quantile, 3, np.where(score > check_quantile, 1, 0)).astype(np.int8)
     ess = np.full(len(x), np.nan)
-    todo = np.flatnonzero(reason > 0)
-    if len(todo):
-        r = post.snis_posterior(predictor.jax_params, x[todo], zgrid, n_importance=n_samples, seed=seed,
-                                indices=todo + index_offset, **settings)
-        p_amort, _ = normalise(zgrid, pdf[todo])
-        p_post, _ = normalise(zgrid, r.pdf)
-        dcdf = np.abs(cdf_on_grid(zgrid, p_amort) - cdf_on_grid(zgrid, p_post)).max(1)
-        reason[todo] = np.where(reason[todo] == 3, 3, np.where(dcdf > max_dcdf, 2, 1))
-        use = todo[reason[todo] >= 2]
-        keep = reason[todo] >= 2
-        pdf[use], flag[use], ess[todo] = r.pdf[keep], r.flag[keep], r.kish_ess
+
+    def posterior(rows: np.ndarray, **kw: Any):
+        return _snis_calibrated(predictor, x[rows], zgrid, calibrate, n_importance=n_samples, seed=seed,
+                                indices=rows + index_offset, **{**settings, **kw})
+
+    edge = np.flatnonzero(reason == 1)
+    if len(edge):  # the check: one round of draws (the same first round as the posterior's)
+        r = posterior(edge, max_rounds=1)
+        dcdf = np.abs(cdf_on_grid(zgrid, normalise(zgrid, pdf[edge])[0]) - cdf_on_grid(zgrid, r.pdf)).max(1)
+        reason[edge[dcdf > max_dcdf]] = 2
+        ess[edge] = r.kish_ess
+    use = np.flatnonzero(reason >= 2)
+    if len(use):
+        r = posterior(use)
+        pdf[use], flag[use], ess[use] = r.pdf, np.maximum(flag[use], r.flag), r.kish_ess
     source = (reason >= 2).astype(np.int8)
     return ModeResult(pdf, {"pdf_source": source, "auto_reason": reason, "support_score": score,
                             "posterior_ess": ess}, flag)
 
 
-_SNIS_KEYS = {"snis_defensive": "defensive", "snis_min_ess": "min_ess", "snis_max_rounds": "max_rounds"}
+_SNIS_KEYS = {"snis_defensive": "defensive", "snis_min_ess": "min_ess", "snis_max_rounds": "max_rounds",
+              "use_posterior_calibration": "calibrate"}
 MODES: dict[str, Mode] = {
     "amortised": Mode("amortised", _amortised, default_n_samples=16, default_n_log_px=0, samples_key="n_b_samples"),
     "grid": Mode("grid", _grid, default_n_samples=256, default_n_log_px=256, ancil=("ess_at_mode",),

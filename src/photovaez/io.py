@@ -18,6 +18,7 @@ Layout (``FORMAT_VERSION`` 1)::
                     leave-one-out neighbour-distance quantiles (the auto mode's extrapolation test)
     proposal        photovaez.proposal.proposal_to_dict(): the importance proposal's fitted
                     log-temperatures (absent: the untempered encoder)
+    posterior_calibration  the snis model posterior's temperature fit (when train_config calibrate)
 
 The file is a pickle of that dict (RAIL's ``.pkl`` model convention) but is read with a
 restricted unpickler that only rebuilds builtin containers/scalars and numpy arrays/dtypes:

@@ -517,7 +517,7 @@ def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, k
     G = len(x)
     cat_index = np.arange(G) + index_offset if indices is None else np.asarray(indices, np.int64)
     dt = _dtype(params)
-    cg = max(1, min(G, int(max_rows) // int(n)))
+    cg = max(1, int(max_rows) // int(n))
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 2)
     zr = None if z_range is None else jnp.asarray(z_range, dt)
     max_rounds = max(1, int(max_rounds))
@@ -528,9 +528,13 @@ def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, k
     lse2 = np.full(G, -np.inf)  # ... of the squared weights
     n_draws = np.zeros(G, np.int64)
     todo = np.arange(G)
+    ess = np.zeros(G)
     for r in range(max_rounds):
-        # later rounds hold few galaxies: pad them to a power of two, not to a full chunk
-        size = cg if r == 0 else min(cg, 1 << int(np.ceil(np.log2(len(todo)))))
+        if len(todo) == 0:
+            break
+        # chunks padded to a power of two (at most cg): few compiled shapes whatever the number of
+        # galaxies (the auto mode's subsets, the later rounds)
+        size = min(cg, 1 << int(np.ceil(np.log2(len(todo)))))
         for _, pos, real in _chunks(len(todo), size):
             gal = todo[pos]
             u, lw = _proposal_chunk(params, key, jnp.asarray(cat_index[gal]), jnp.asarray(x[gal], dt), int(n),
@@ -548,8 +552,6 @@ def _proposal(params: Params, x: np.ndarray, n: int, seed: int, max_rows: int, k
         with np.errstate(invalid="ignore"):
             ess = np.nan_to_num(np.exp(2.0 * lse - lse2))
         todo = np.flatnonzero(ess < min_ess) if min_ess > 0 else todo[:0]
-        if len(todo) == 0:
-            break
     with np.errstate(divide="ignore", invalid="ignore"):
         lpx = lse - np.log(n_draws)
     return lpx, ess, n_draws, (us if keep_samples else None), (lws if keep_samples else None)
