@@ -126,12 +126,17 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--chunk-size", type=int, default=10000, help="estimator chunk size")
     p.add_argument("--n-b-samples", type=int, default=16)
-    p.add_argument("--posteriors", nargs="+", default=["amortized"], choices=["amortized", "grid", "hmc", "snis"],
+    p.add_argument("--posteriors", nargs="+", default=["amortized"],
+                   choices=["amortized", "grid", "hmc", "snis", "joint", "auto"],
                    help="estimator modes, one estimate + evaluate stage pair each (default: amortized)")
     p.add_argument("--n-importance", type=int, default=0, help="importance samples for grid/hmc/snis (0 = default)")
     p.add_argument("--hmc-num-warmup", type=int, default=300)
     p.add_argument("--hmc-num-samples", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--proposal-steps", type=int, default=100,
+                   help="informer: Adam steps fitting the importance proposal (0 = none)")
+    p.add_argument("--no-posterior-calibration", dest="calibrate_posterior", action="store_false",
+                   help="informer: skip the snis posterior's calibration")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> str:
     inputs = make_inputs(train_file, test_file, out, args.n_train, args.n_test, args.n_unlabeled)
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     inform_config = dict(hdf5_groupname=GROUP, hidden=hidden, epochs=args.epochs, batch_size=args.batch_size,
-                         min_epochs=min(20, args.epochs), seed=args.seed, device=args.device)
+                         min_epochs=min(20, args.epochs), seed=args.seed, device=args.device,
+                         proposal_steps=args.proposal_steps, calibrate_posterior=args.calibrate_posterior)
     estimate_config = dict(hdf5_groupname=GROUP, chunk_size=args.chunk_size, n_b_samples=args.n_b_samples,
                            seed=args.seed, device=args.device)
     posterior_config = dict(n_importance=args.n_importance, hmc_num_warmup=args.hmc_num_warmup,

@@ -36,7 +36,7 @@ def test_ceci_pipeline_end_to_end(tmp_path):
         "--output-dir", str(out), "--n-train", "400", "--n-test", "300", "--n-unlabeled", "100",
         "--epochs", "3", "--hidden", "32,32", "--batch-size", "128", "--chunk-size", "128", "--device", "cpu",
         "--posteriors", "amortized", "grid", "hmc", "--n-importance", "8", "--hmc-num-warmup", "30",
-        "--hmc-num-samples", "30",
+        "--hmc-num-samples", "30", "--proposal-steps", "0", "--no-posterior-calibration",
     ])
     assert os.path.isfile(yml) and os.path.isfile(yml.replace(".yml", "_config.yml"))
     pipe = yaml.safe_load(Path(yml).read_text())
