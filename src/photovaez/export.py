@@ -62,6 +62,7 @@ __all__ = [
     "log_p_x_given_abz",
     "log_p_a",
     "log_p_z",
+    "log_p_xzab",
     "log_q_z_given_bx",
 ]
 
@@ -301,6 +302,16 @@ def log_p_z(params: Mapping[str, Any], z: jnp.ndarray, obs: jnp.ndarray | None =
     logz = jnp.log(z)
     s2 = params["prior_log_sigma2_z"]
     return -0.5 * (_LOG_2PI + s2 + (logz - params["prior_mu_z"]) ** 2 * jnp.exp(-s2)) - logz
+
+
+def log_p_xzab(params: Mapping[str, Any], obs: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, z: jnp.ndarray
+               ) -> jnp.ndarray:
+    """The model's joint density ``log p(x | a, b, z) + log p(b | a, z) + log p(a) + log p(z)`` (density
+    in z) of one galaxy's observation row ``obs`` (dim_obs,) at latents ``a`` (..., A), ``b`` (..., B),
+    ``z`` (...)."""
+    obs_n = jnp.broadcast_to(obs, a.shape[:-1] + obs.shape[-1:])
+    return (log_p_x_given_abz(params, obs_n, a, b, z) + log_normal_diag(b, *p_b_given_az(params, a, z)) + log_p_a(a)
+            + log_p_z(params, z, obs_n))
 
 
 def log_q_z_given_bx(params: Mapping[str, Any], z: jnp.ndarray, b: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:

@@ -23,7 +23,6 @@ stage; ``n_chains`` chains of ``hmc_num_warmup`` + ``hmc_num_samples`` iteration
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,14 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .export import log_p_a, log_p_x_given_abz, log_p_z, p_b_given_az, q_a_given_xbz, q_b_given_x, q_z_given_bx
+from .export import log_p_xzab, q_a_given_xbz, q_b_given_x, q_z_given_bx
 from .grid import normalise
 from .mixture import kde_on_grid
 
 __all__ = ["log_p_joint", "encoder_start", "JointHMCPosterior", "joint_hmc_posterior"]
 
 Params = Any
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _split(params: Params, theta: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
@@ -51,10 +49,7 @@ def log_p_joint(params: Params, obs: jnp.ndarray, theta: jnp.ndarray) -> jnp.nda
     """log p(x, z, a, b) + u of one galaxy at ``theta = [u, a, b]`` (u = log z): the unnormalised
     log-density of (u, a, b) given its observation row ``obs``."""
     u, a, b = _split(params, theta)
-    z = jnp.exp(u)
-    mu_b, logvar_b = p_b_given_az(params, a, z)
-    log_pb = -0.5 * jnp.sum(_LOG_2PI + logvar_b + (b - mu_b) ** 2 * jnp.exp(-logvar_b), axis=-1)
-    return log_p_x_given_abz(params, obs, a, b, z) + log_pb + log_p_a(a) + log_p_z(params, z, obs) + u
+    return log_p_xzab(params, obs, a, b, jnp.exp(u)) + u
 
 
 def encoder_start(params: Params, obs: jnp.ndarray, eps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -50,6 +50,7 @@ from .export import (
     log_normal_diag,
     log_p_a,
     log_p_x_given_abz,
+    log_p_xzab,
     log_p_z,
     p_b_given_az,
     q_b_given_x,
@@ -492,10 +493,7 @@ def _joint_proposal(params: Params, x: jnp.ndarray, key: jax.Array, n: int, n_de
     log_qz = jnp.logaddexp(math.log1p(-f) + log_q_u(params, prop, u, b, x) - u,
                            jnp.where(in_range, math.log(f) - jnp.log(z_hi - z_lo), -jnp.inf))
     a, log_qa = draw_a(params, prop, x, b, z, eps_a)
-    xn = jnp.broadcast_to(x, (n, x.shape[-1]))
-    lw = (log_p_x_given_abz(params, xn, a, b, z) + log_normal_diag(b, *p_b_given_az(params, a, z))
-          + log_p_a(a) + log_p_z(params, z, xn) - log_qa - log_qz - log_qb)
-    return u, lw
+    return u, log_p_xzab(params, x, a, b, z) - log_qa - log_qz - log_qb
 
 
 @partial(jax.jit, static_argnames=("n", "n_defensive"))

@@ -34,16 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from .export import (
-    log_normal_diag,
-    log_p_a,
-    log_p_x_given_abz,
-    log_p_z,
-    p_b_given_az,
-    q_a_given_xbz,
-    q_b_given_x,
-    q_z_given_bx,
-)
+from .export import log_normal_diag, log_p_xzab, q_a_given_xbz, q_b_given_x, q_z_given_bx
 
 __all__ = ["Proposal", "identity_proposal", "proposal_from_dict", "proposal_to_dict", "draw_b", "draw_u", "draw_a",
            "log_q_u", "encoder_log_weights", "log_ess_objective", "fit_proposal"]
@@ -125,10 +116,7 @@ def encoder_log_weights(params: Params, prop: Proposal, obs: jnp.ndarray, eps_b:
     u, log_qu = draw_u(params, prop, b, obs, eps_z)
     z = jnp.exp(u)
     a, log_qa = draw_a(params, prop, obs, b, z, eps_a)
-    obs_n = jnp.broadcast_to(obs, b.shape[:-1] + obs.shape[-1:])
-    log_p = (log_p_x_given_abz(params, obs_n, a, b, z) + log_normal_diag(b, *p_b_given_az(params, a, z)) + log_p_a(a)
-             + log_p_z(params, z, obs_n))
-    return u, log_p - (log_qb + log_qu - u + log_qa)
+    return u, log_p_xzab(params, obs, a, b, z) - (log_qb + log_qu - u + log_qa)
 
 
 def _batch_log_weights(prop: Proposal, params: Params, obs: jnp.ndarray, eps_b: jnp.ndarray, eps_z: jnp.ndarray,
