@@ -8,6 +8,7 @@ Tables are anything with named columns: a dict of arrays, a pandas DataFrame, an
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,8 @@ from .observations import decoder_columns, observation_rows, reference_band
 from .support import fit_support, support_to_dict
 from .train import TrainingArrays, train_sdgm, validation_split
 
-__all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "add_posterior_tools", "Predictor",
-           "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
+__all__ = ["labelled_mask", "default_filters", "build_sed_basis", "fit", "fit_streaming", "add_posterior_tools",
+           "Predictor", "load_predictor", "quality_ancil", "estimate", "log_px", "latents"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,44 @@ def build_sed_basis(spec: FeatureSpec, mc: ModelConfig, zmax: float, resolve: An
     return sed_basis(seds, curves, flux_table_grid(zmax), n_correction=mc.n_correction), filters
 
 
+def _fit_configs(spec: FeatureSpec | None, model_config: ModelConfig | Mapping[str, Any] | None,
+                 train_config: TrainConfig | Mapping[str, Any] | None) -> tuple[FeatureSpec, ModelConfig, TrainConfig]:
+    """The feature spec (default ``lsst``), the model settings completed from it, the training settings."""
+    spec = spec or FeatureSpec()
+    mc_dict = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config or {})
+    mc = ModelConfig.from_dict({**mc_dict, "dim_x": spec.dim, "n_bands": len(spec.bands)})
+    if mc.decoder == "sed" or mc.prior == "bpz":
+        mc.reference_band_index = reference_band(spec.bands, mc.prior_band)
+        mc.prior_band = spec.bands[mc.reference_band_index]
+    tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config or {}))
+    return spec, mc, tc
+
+
+def _finish_fit(model: Any, report: dict, spec: FeatureSpec, scaler: Scaler, mc: ModelConfig, tc: TrainConfig,
+                val_phot: Photometry, val_z: np.ndarray, phot: Photometry, labelled: np.ndarray,
+                support_phot: Photometry | None = None, main_process: bool = True) -> dict:
+    """The model dict of a trained network: the decoder's report, then (on the main process of a
+    data-parallel run only) the calibration on the labelled validation rows ``val_phot`` /
+    ``val_z`` and the posterior tools (:func:`_fit_posterior_tools`) from ``phot``."""
+    if mc.decoder == "sed":
+        dec = model.sed_decoder
+        report["intrinsic_error"] = float(dec.intrinsic_frac.detach())
+        report["zero_point_offsets_mag"] = dict(zip(spec.bands, map(float, dec.zero_point_offsets_mag())))
+        log.info("sed decoder: intrinsic error %.4f; zero-point offsets (mag) %s", report["intrinsic_error"],
+                 {k: round(v, 4) for k, v in report["zero_point_offsets_mag"].items()})
+    if mc.prior == "bpz":
+        report["bpz_prior"] = dict(zip(("alpha", "z0", "km", "m0", "alpha_slope"),
+                                       map(float, model.p_z_given_m.params_numpy())))
+    model_dict = model_to_dict(model, spec, scaler, tc, report)
+    if not main_process:
+        log.info("not rank 0: the calibration and posterior tools are left to rank 0")
+        return model_dict
+    if tc.calibrate:
+        model_dict["calibration"] = _calibrate(model_dict, val_phot, val_z, tc)
+    _fit_posterior_tools(model_dict, phot, labelled, tc, val_phot, val_z, support_phot)
+    return model_dict
+
+
 def fit(
     labelled_table: Mapping[str, Any],
     unlabelled_table: Mapping[str, Any] | None = None,
@@ -103,6 +142,7 @@ def fit(
     train_config: TrainConfig | Mapping[str, Any] | None = None,
     redshift_col: str = "redshift",
     resolve: Any = None,
+    distributed: Any = None,
 ) -> dict:
     """Train PhotoVAEz and return the plain model dict (see :mod:`photovaez.io`).
 
@@ -122,15 +162,13 @@ def fit(
     resolve
         Turns the ``"rail:<path>"`` specs of filters and templates into paths (the RAIL stages pass
         ``rail.photovaez.data.rail_resolver``); needed by the sed decoder's presets.
+    distributed
+        A :class:`photovaez.distributed.DistContext` for data-parallel training (default: that of
+        an initialised ``torch.distributed`` group, else one process); only rank 0 then fits the
+        calibration and the posterior tools.
     """
-    spec = spec or FeatureSpec()
-    mc_dict = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config or {})
-    mc = ModelConfig.from_dict({**mc_dict, "dim_x": spec.dim, "n_bands": len(spec.bands)})
+    spec, mc, tc = _fit_configs(spec, model_config, train_config)
     basis = None
-    if mc.decoder == "sed" or mc.prior == "bpz":
-        mc.reference_band_index = reference_band(spec.bands, mc.prior_band)
-        mc.prior_band = spec.bands[mc.reference_band_index]
-    tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config or {}))
 
     lab_mask = labelled_mask(labelled_table, redshift_col)
     if redshift_col not in labelled_table:
@@ -161,39 +199,89 @@ def fit(
                  mc.templates, basis.n_correction, ", ".join(basis.bands))
     scaler = fit_scaler(phot, spec)
     data = _training_arrays(phot, z, lab_mask, spec, mc)
-    model, report = train_sdgm(data, affine_map(spec, scaler), mc, tc, basis)
-    if mc.decoder == "sed":
-        dec = model.sed_decoder
-        report["intrinsic_error"] = float(dec.intrinsic_frac.detach())
-        report["zero_point_offsets_mag"] = dict(zip(spec.bands, map(float, dec.zero_point_offsets_mag())))
-        log.info("sed decoder: intrinsic error %.4f; zero-point offsets (mag) %s", report["intrinsic_error"],
-                 {k: round(v, 4) for k, v in report["zero_point_offsets_mag"].items()})
-    if mc.prior == "bpz":
-        report["bpz_prior"] = dict(zip(("alpha", "z0", "km", "m0", "alpha_slope"),
-                                       map(float, model.p_z_given_m.params_numpy())))
+    model, report = train_sdgm(data, affine_map(spec, scaler), mc, tc, basis, distributed)
     validation_index = np.asarray(report.pop("validation_index"))
-    model_dict = model_to_dict(model, spec, scaler, tc, report)
-    if tc.calibrate:
-        val = validation_index[data.labelled[validation_index]]
-        model_dict["calibration"] = _calibrate(model_dict, phot.subset(val), data.z[val], tc)
     val = validation_index[data.labelled[validation_index]]
-    _fit_posterior_tools(model_dict, phot, data.labelled, tc, phot.subset(val), data.z[val])
-    return model_dict
+    return _finish_fit(model, report, spec, scaler, mc, tc, phot.subset(val), data.z[val], phot, data.labelled,
+                       main_process=report.get("rank", 0) == 0)
+
+
+def fit_streaming(
+    labelled_path: str | os.PathLike,
+    unlabelled_path: str | os.PathLike | None = None,
+    spec: FeatureSpec | None = None,
+    model_config: ModelConfig | Mapping[str, Any] | None = None,
+    train_config: TrainConfig | Mapping[str, Any] | None = None,
+    redshift_col: str = "redshift",
+    resolve: Any = None,
+    group: str = "",
+    distributed: Any = None,
+) -> dict:
+    """:func:`fit` from hdf5 / parquet files read chunk by chunk (:mod:`photovaez.streaming`):
+    memory is bounded by ``train_config.stream_chunk_size`` (and the fixed-size samples), not by
+    the files.
+
+    The feature standardisation comes from a streamed pass over every row; the validation rows
+    are ``validation_fraction`` of each file's rows, at most ``stream_max_validation`` per file;
+    alpha uses the training rows' counts; each epoch visits both files' chunks in a seeded random
+    order, interleaved in proportion to their sizes through a shuffle buffer of
+    ``stream_buffer_chunks`` chunks.  The calibration runs on the labelled validation rows, the
+    labelled support on a seeded sample of at most ``stream_sample_size`` labelled rows and the
+    importance proposal on a sample of as many training rows of both files.
+
+    Parameters
+    ----------
+    labelled_path
+        File of photometry with ``redshift_col`` (rows whose redshift is NaN or <= 0 are used as
+        unlabelled galaxies).
+    unlabelled_path
+        Optional file of photometry without redshifts.
+    spec, model_config, train_config, redshift_col, resolve
+        As for :func:`fit`; ``train_config.stream_chunk_size`` must be > 0.
+    group
+        The hdf5 group of the tables (RAIL's ``hdf5_groupname``; ``""`` or a group the file lacks
+        = its top level).
+    distributed
+        As for :func:`fit`: each process streams its own shard of the chunks.
+    """
+    from .streaming import TrainingStream
+
+    spec, mc, tc = _fit_configs(spec, model_config, train_config)
+    stream = TrainingStream.open(labelled_path, unlabelled_path, spec, mc, redshift_col, group, tc.stream_chunk_size,
+                                 tc.stream_buffer_chunks, tc.validation_fraction, tc.stream_max_validation,
+                                 tc.stream_sample_size, tc.seed)
+    try:
+        basis = None
+        if mc.decoder == "sed":
+            basis, mc.filters = build_sed_basis(spec, mc, tc.zmax + 1.0, resolve)
+        model, report = train_sdgm(stream, affine_map(spec, stream.scaler), mc, tc, basis, distributed)
+    finally:
+        stream.close()
+    report.pop("validation_index")
+    report["stream"] = {"chunk_size": stream.chunk_size, "buffer_chunks": stream.buffer_chunks,
+                        "n_labelled_sample": len(stream.labelled_sample[1]),
+                        "n_union_sample": len(stream.union_sample[1])}
+    val = stream.validation.labelled
+    sample_phot, sample_rows = stream.union_sample
+    return _finish_fit(model, report, spec, stream.scaler, mc, tc, stream.validation_phot.subset(val),
+                       stream.validation.z[val], sample_phot, sample_rows.labelled, stream.labelled_sample[0],
+                       main_process=report.get("rank", 0) == 0)
 
 
 def _fit_posterior_tools(model_dict: dict, phot: Photometry, labelled: np.ndarray, tc: TrainConfig,
-                         val_phot: Photometry, val_z: np.ndarray) -> None:
-    """Store in ``model_dict`` the labelled support (:mod:`photovaez.support`), with
-    ``tc.proposal_steps > 0`` the importance proposal's temperatures
-    (:func:`photovaez.proposal.fit_proposal`, fitted on all the training photometry) and, with
-    ``tc.calibrate_posterior``, the snis posterior's temperature fitted on the labelled validation galaxies
-    ``val_phot`` / ``val_z`` (:func:`_calibrate_posterior`)."""
+                         val_phot: Photometry, val_z: np.ndarray, support_phot: Photometry | None = None) -> None:
+    """Store in ``model_dict`` the labelled support (:mod:`photovaez.support`; of ``phot[labelled]``,
+    or of ``support_phot`` when given), with ``tc.proposal_steps > 0`` the importance proposal's
+    temperatures (:func:`photovaez.proposal.fit_proposal`, fitted on all of ``phot``, the training
+    photometry) and, with ``tc.calibrate_posterior``, the snis posterior's temperature fitted on
+    the labelled validation galaxies ``val_phot`` / ``val_z`` (:func:`_calibrate_posterior`)."""
     from .export import export_params
     from .proposal import fit_proposal, proposal_to_dict
 
     pred = load_predictor(model_dict)
     x = features(phot, pred.spec, pred.scaler)
-    model_dict["labelled_support"] = support_to_dict(fit_support(x[labelled], k=tc.support_k, seed=tc.seed))
+    x_lab = x[labelled] if support_phot is None else features(support_phot, pred.spec, pred.scaler)
+    model_dict["labelled_support"] = support_to_dict(fit_support(x_lab, k=tc.support_k, seed=tc.seed))
     if tc.proposal_steps > 0:
         obs = observation_rows(x, decoder_columns(phot, pred.spec, pred.model.config))
         prop, rep = fit_proposal(export_params(model_dict), obs, steps=tc.proposal_steps, seed=tc.seed)

@@ -247,12 +247,31 @@ class TrainConfig(Config):
                                        "run on up to 1,000 galaxies")
     support_k: int = option(8, "neighbour rank of the labelled-support distance stored in the model "
                             "(photovaez.support; the auto mode's extrapolation test)")
+    stream_chunk_size: int = option(0, "train from files chunk by chunk (photovaez.streaming; the informer's input "
+                                    "and unlabeled given as hdf5/parquet paths, photovaez.api.fit_streaming): rows "
+                                    "per read; memory is bounded by about (stream_buffer_chunks + 2) chunks; 0 = read "
+                                    "the tables into memory")
+    stream_buffer_chunks: int = option(4, "streamed training: chunks in the shuffle buffer that mixes the chunks of "
+                                       "both files before batches are cut (more mixes files sorted by redshift "
+                                       "better)")
+    stream_max_validation: int = option(10000, "streamed training: at most this many rows of each file held out "
+                                        "(validation_fraction of its rows, seeded) for early stopping and "
+                                        "calibration")
+    stream_sample_size: int = option(50000, "streamed training: rows of the seeded samples of the labelled and of "
+                                     "all training rows kept for the bpz prior's start, the labelled support and "
+                                     "the importance proposal")
 
     def __post_init__(self) -> None:
         if self.grad_skip_threshold is None:  # model files before 0.2 stored None for "adaptive"
             self.grad_skip_threshold = 0.0
         if self.epochs < 1 or self.batch_size < 1 or self.n_mc_train < 1:
             raise ValueError("TrainConfig: epochs, batch_size and n_mc_train must be >= 1")
+        if self.stream_chunk_size < 0:
+            raise ValueError(f"TrainConfig.stream_chunk_size must be >= 0 (0 = read the tables into memory), got "
+                             f"{self.stream_chunk_size}")
+        if self.stream_buffer_chunks < 1 or self.stream_max_validation < 0 or self.stream_sample_size < 0:
+            raise ValueError("TrainConfig: stream_buffer_chunks must be >= 1, stream_max_validation and "
+                             "stream_sample_size >= 0")
         if self.checkpoint_every < 1:
             raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not 0.0 <= self.validation_fraction < 1.0:

@@ -16,7 +16,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -24,13 +24,15 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, TrainConfig
+from .distributed import DistContext
 from .io import atomic_write
 from .loss import alpha_weight, batch_loss
 from .model import SDGM
+from .streaming import LabelSummary, TrainingStream
 
 __all__ = ["TrainConfig", "TrainingArrays", "TensorArrays", "AffineFeatures", "GradientSkipper", "BestModel",
            "TrainingState", "resample_values", "resolve_device", "train_epoch", "validation_loss", "train_sdgm",
-           "validation_split", "checkpoint_key", "save_checkpoint", "load_checkpoint"]
+           "validation_split", "checkpoint_key", "save_checkpoint", "load_checkpoint", "StreamData"]
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +105,8 @@ class TensorArrays:
     decoder_columns: torch.Tensor
 
     @classmethod
-    def of(cls, data: TrainingArrays, device: torch.device) -> TensorArrays:
-        """Copy ``data`` to ``device``."""
+    def of(cls, data: Any, device: torch.device) -> TensorArrays:
+        """Copy ``data`` (a :class:`TrainingArrays` or a :class:`photovaez.streaming.RowBlock`) to ``device``."""
         f32 = dict(dtype=torch.float32, device=device)
         return cls(torch.as_tensor(data.values, **f32), torch.as_tensor(data.errors, **f32),
                    torch.as_tensor(np.where(data.labelled, data.z, 1.0), **f32),
@@ -112,6 +114,30 @@ class TensorArrays:
 
     def __len__(self) -> int:
         return len(self.z)
+
+    def take(self, idx: Any) -> TensorArrays:
+        """The rows ``idx``."""
+        return TensorArrays(self.values[idx], self.errors[idx], self.z[idx], self.labelled[idx],
+                            self.decoder_columns[idx])
+
+    def epoch_parts(self, state: TrainingState, batch_size: int) -> Iterator[tuple[TensorArrays, Any, int, int]]:
+        """This process's parts of one epoch's mini-batches: ``(rows, idx, n_global, offset)``.
+
+        The batches are consecutive ``batch_size`` slices of a random permutation drawn from
+        ``state.generator`` (the same on every process); with W processes, process r takes the
+        r-th of W near-equal consecutive slices of each batch, ``offset`` rows into it.
+        """
+        perm = torch.randperm(len(self), generator=state.generator).to(self.z.device)
+        rank, world = state.dist.rank, state.dist.world_size
+        for s in range(0, len(self), batch_size):
+            idx = perm[s : s + batch_size]
+            n = len(idx)
+            if world == 1:
+                yield self, idx, n, 0
+                continue
+            sizes = [n // world + (r < n % world) for r in range(world)]
+            offset = sum(sizes[:rank])
+            yield self, idx[offset : offset + sizes[rank]], n, offset
 
     def observations(self, features: AffineFeatures, values: torch.Tensor, idx: Any = slice(None)) -> torch.Tensor:
         """Observation rows ``[x | decoder columns]`` of rows ``idx``, x = ``features(values)``."""
@@ -136,6 +162,22 @@ class AffineFeatures:
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         return values @ self.W + self.c
+
+
+class StreamData:
+    """A :class:`photovaez.streaming.TrainingStream` as :func:`train_epoch` reads it: each epoch's
+    batch parts of this process (:meth:`~photovaez.streaming.TrainingStream.epoch_parts`), copied
+    to the device one part at a time."""
+
+    def __init__(self, stream: TrainingStream, device: torch.device):
+        self.stream, self.device = stream, device
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def epoch_parts(self, state: TrainingState, batch_size: int) -> Iterator[tuple[TensorArrays, Any, int, int]]:
+        for part in self.stream.epoch_parts(state.epoch, batch_size, state.dist.rank, state.dist.world_size):
+            yield TensorArrays.of(part.rows, self.device), slice(None), part.n_global, part.offset
 
 
 class GradientSkipper:
@@ -191,13 +233,18 @@ class GradientSkipper:
 
 
 def resample_values(values: torch.Tensor, errors: torch.Tensor, scale: float,
-                    generator: torch.Generator) -> torch.Tensor:
+                    generator: torch.Generator, n_global: int | None = None, offset: int = 0) -> torch.Tensor:
     """Photometric-error resampling: ``v' = v + scale * sigma * eps``, eps ~ N(0, 1) per entry.
 
     Extra columns have zero error and stay put.  Features computed from ``v'`` with the affine map
-    (colours included) are then those of the resampled magnitudes."""
-    eps = torch.randn(values.shape, generator=generator).to(values.device)
-    return values + scale * errors * eps
+    (colours included) are then those of the resampled magnitudes.  With ``n_global``, ``eps`` is
+    drawn for the ``n_global`` rows of a global batch and rows ``offset ...`` of it are used (this
+    process's part of a data-parallel batch)."""
+    if n_global is None:
+        eps = torch.randn(values.shape, generator=generator)
+    else:
+        eps = torch.randn((n_global, values.shape[1]), generator=generator)[offset : offset + len(values)]
+    return values + scale * errors * eps.to(values.device)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int, final_fraction: float):
@@ -232,15 +279,21 @@ CHECKPOINT_FORMAT = "photovaez-checkpoint-1"
 _NOT_IN_KEY = ("progress", "device", "checkpoint_path", "checkpoint_every", "calibrate")
 
 
-def checkpoint_key(data: TrainingArrays, feature_map: tuple[np.ndarray, np.ndarray], model_config: ModelConfig,
-                   config: TrainConfig) -> str:
-    """A digest of everything a checkpoint must agree with to be resumed: the training data, the
-    feature map, the network settings and the training settings that change the result."""
+def checkpoint_key(data: TrainingArrays | TrainingStream, feature_map: tuple[np.ndarray, np.ndarray],
+                   model_config: ModelConfig, config: TrainConfig) -> str:
+    """A digest of everything a checkpoint must agree with to be resumed: the training data (for a
+    stream, its files' paths, sizes, modification times and the stream settings), the feature map,
+    the network settings and the training settings that change the result."""
     import hashlib
     import json
 
     h = hashlib.sha256(CHECKPOINT_FORMAT.encode())
-    for a in (data.values, data.errors, data.z, data.labelled, data.decoder_columns, *feature_map):
+    if isinstance(data, TrainingStream):
+        h.update(data.fingerprint.encode())
+        arrays: tuple[np.ndarray, ...] = tuple(feature_map)
+    else:
+        arrays = (data.values, data.errors, data.z, data.labelled, data.decoder_columns, *feature_map)
+    for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(str((a.dtype.str, a.shape)).encode())
         h.update(a.tobytes())
@@ -318,6 +371,52 @@ def _empty_history() -> dict[str, list[float]]:
     return {"train_loss": [], "val_loss": [], "lr": []}
 
 
+def label_summary(train: TrainingArrays | TrainingStream) -> LabelSummary:
+    """The :class:`photovaez.streaming.LabelSummary` of training rows in memory or of a stream."""
+    if isinstance(train, TrainingStream):
+        return train.label_summary()
+    lab = train.labelled
+    logz = np.log(train.z[lab])
+    m_ref = train.decoder_columns[lab, -1] if train.decoder_columns.shape[1] else np.zeros(int(lab.sum()))
+    return LabelSummary(float(logz.mean()), float(max(logz.std(), 0.05)), train.z[lab], m_ref, len(train))
+
+
+class _Objective(torch.nn.Module):
+    """The training objective as a module, so that ``DistributedDataParallel`` runs it in its
+    ``forward`` (it all-reduces the gradients of what its forward computed)."""
+
+    def __init__(self, model: SDGM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, obs: torch.Tensor, z: torch.Tensor, labelled: torch.Tensor, alpha: float, n_mc: int,
+                noise: dict[str, torch.Tensor] | None, scale: float, n_train: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _objective(self.model, obs, z, labelled, alpha, n_mc, noise, scale, n_train)
+
+
+def _objective(model: SDGM, obs: torch.Tensor, z: torch.Tensor, labelled: torch.Tensor, alpha: float, n_mc: int,
+               noise: dict[str, torch.Tensor] | None, scale: float, n_train: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to differentiate, the loss per galaxy to report): the batch mean of
+    :func:`photovaez.loss.batch_loss` plus the global regulariser / N_train; the first has the
+    batch term scaled by ``scale`` (W n_r / n in a data-parallel run, 1 otherwise)."""
+    loss, _ = batch_loss(model, obs, z, labelled, alpha, n_mc, noise)
+    reported = loss + model.regulariser() / n_train  # the global prior, once per pass over the data
+    if scale == 1.0:
+        return reported, reported
+    return loss * scale + model.regulariser() / n_train, reported
+
+
+def _global_noise(config: ModelConfig, n_mc: int, n_global: int, offset: int, n: int, generator: torch.Generator,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """Standard-normal draws of the loss's b, a and z for a whole global batch (from the shared
+    generator), this process's rows ``offset ... offset + n`` of them."""
+    shapes = {"b": (n_mc, n_global, config.dim_b), "a": (n_mc, n_global, config.dim_a), "z": (n_mc, n_global)}
+    return {k: torch.randn(shape, generator=generator)[:, offset : offset + n].to(device)
+            for k, shape in shapes.items()}
+
+
 @dataclass
 class TrainingState:
     """Everything a training run carries from one epoch to the next.
@@ -356,10 +455,12 @@ class TrainingState:
     history: dict[str, list[float]] = field(default_factory=_empty_history)
     best: BestModel = field(default_factory=BestModel)
     epoch: int = 0
+    dist: DistContext = field(default_factory=DistContext)
+    objective: Any = None
 
     @classmethod
-    def create(cls, model_config: ModelConfig, config: TrainConfig, train: TrainingArrays,
-               device: torch.device, sed_basis: Any = None) -> TrainingState:
+    def create(cls, model_config: ModelConfig, config: TrainConfig, train: TrainingArrays | TrainingStream,
+               device: torch.device, sed_basis: Any = None, dist: DistContext | None = None) -> TrainingState:
         """The state before the first epoch, every random number seeded by ``config.seed``.
 
         Parameters
@@ -367,30 +468,39 @@ class TrainingState:
         model_config, config
             Network and training settings.
         train
-            The training rows (they set the redshift scale, the bpz prior's start and the steps
-            per epoch).
+            The training rows, in memory or streamed (they set the redshift scale, the bpz
+            prior's start and the steps per epoch).
         device
             Where to train.
         sed_basis
             The sed decoder's tables (:func:`photovaez.sed_decoder.sed_basis`).
+        dist
+            The data-parallel context (default: one process); with ``world_size > 1`` the
+            objective is wrapped in ``DistributedDataParallel``.
         """
+        dist = dist or DistContext()
         torch.manual_seed(config.seed)
         model = SDGM(model_config, sed_basis)
-        logz = np.log(train.z[train.labelled])
-        model.set_redshift_scale(float(logz.mean()), float(max(logz.std(), 0.05)))
+        labels = label_summary(train)
+        model.set_redshift_scale(labels.logz_mean, labels.logz_std)
         if model_config.prior == "bpz":  # start p(z | m) at the labels' maximum-likelihood fit
-            m_ref = train.decoder_columns[train.labelled, -1]
-            nll = model.p_z_given_m.init_from_labels(train.z[train.labelled], m_ref)
-            log.info("bpz prior p(z | m) initialised on %d labels: mean -log p = %.3f", len(m_ref), nll)
+            nll = model.p_z_given_m.init_from_labels(labels.z, labels.m_ref)
+            log.info("bpz prior p(z | m) initialised on %d labels: mean -log p = %.3f", len(labels.z), nll)
         model.to(device)
-        steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+        objective = None
+        if dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            objective = DistributedDataParallel(_Objective(model), device_ids=[device.index] if device.type == "cuda"
+                                                else None, broadcast_buffers=False)
+        steps_per_epoch = max(1, math.ceil(labels.n_train / config.batch_size))
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         schedule = _lr_lambda(config.epochs * steps_per_epoch, config.lr_warmup_epochs * steps_per_epoch,
                               config.lr_final_fraction)
         return cls(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                    torch.Generator(device="cpu").manual_seed(config.seed),
                    GradientSkipper(config.grad_skip_threshold, config.grad_skip_factor, config.grad_skip_warmup),
-                   device)
+                   device, dist=dist, objective=objective)
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state as tensors and plain containers (for :func:`save_checkpoint`); the
@@ -418,13 +528,29 @@ class TrainingState:
         self.best = BestModel(state["best_score"], state["best_epoch"], state["best_state"])
         self.epoch = int(state["epoch"])
 
+    def loss(self, obs: torch.Tensor, z: torch.Tensor, labelled: torch.Tensor, alpha: float, n_mc: int,
+             noise: dict[str, torch.Tensor] | None, scale: float, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to step on, the loss per galaxy to report) of one batch part; through
+        ``DistributedDataParallel`` in a data-parallel run (see :mod:`photovaez.distributed`)."""
+        if self.objective is None:
+            return _objective(self.model, obs, z, labelled, alpha, n_mc, noise, scale, n_train)
+        return self.objective(obs, z, labelled, alpha, n_mc, noise, scale, n_train)
+
     def step(self, loss: torch.Tensor) -> bool:
         """One optimiser step on ``loss``, unless :attr:`skipper` rejects its gradient norm (or the
-        loss is not finite); the schedule advances either way.  True if the update was applied."""
+        loss is not finite); the schedule advances either way.  True if the update was applied.
+
+        In a data-parallel run every process runs the backward pass (its gradient all-reduce
+        needs them all, a non-finite loss included: its gradients then make the norm non-finite)
+        and the skip is decided on the largest norm over processes, so all skip together."""
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.dist.world_size > 1:
             loss.backward()
-            params = [p for p in self.model.parameters() if p.requires_grad]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, math.inf))
+            norm = self.dist.all_reduce_max(norm if math.isfinite(norm) else math.inf)
+        elif torch.isfinite(loss):
+            loss.backward()
             norm = float(torch.nn.utils.clip_grad_norm_(params, math.inf))
         else:
             norm = math.nan
@@ -461,16 +587,19 @@ class TrainingState:
         return self.model.to("cpu").eval()
 
 
-def train_epoch(state: TrainingState, data: TensorArrays, features: AffineFeatures, alpha: float,
+def train_epoch(state: TrainingState, data: TensorArrays | StreamData, features: AffineFeatures, alpha: float,
                 config: TrainConfig) -> float:
     """One pass over the training rows in a random order (mini-batches, resampled photometry).
+
+    The same loop serves rows in memory and streamed rows, one process or several
+    (:mod:`photovaez.distributed`): each step takes this process's part of a global batch.
 
     Parameters
     ----------
     state
         Advanced in place: weights, optimiser, schedule, generator, skip counters.
     data
-        The training rows on the device.
+        The training rows on the device, or a stream of them (:class:`StreamData`).
     features
         The feature map.
     alpha
@@ -481,22 +610,30 @@ def train_epoch(state: TrainingState, data: TensorArrays, features: AffineFeatur
     Returns
     -------
     float
-        The mean loss per galaxy over the applied (not skipped) steps.
+        The mean loss per galaxy over the applied (not skipped) steps (over all processes).
     """
     state.model.train()
-    perm = torch.randperm(len(data), generator=state.generator).to(state.device)
+    world = state.dist.world_size
+    n_train = len(data)
     total, n = 0.0, 0
-    for s in range(0, len(data), config.batch_size):
-        idx = perm[s : s + config.batch_size]
-        v = data.values[idx]
+    for rows, idx, n_global, offset in data.epoch_parts(state, config.batch_size):
+        v = rows.values[idx]
+        n_part = len(v)
         if config.resample:
-            v = resample_values(v, data.errors[idx], config.resample_scale, state.generator)
-        loss, _ = batch_loss(state.model, data.observations(features, v, idx), data.z[idx], data.labelled[idx],
-                             alpha, config.n_mc_train)
-        loss = loss + state.model.regulariser() / len(data)  # the global prior, once per pass over the data
+            v = resample_values(v, rows.errors[idx], config.resample_scale, state.generator,
+                                *((n_global, offset) if world > 1 or n_part != n_global else ()))
+        noise = None
+        if state.dist.explicit_noise:
+            noise = _global_noise(state.model.config, config.n_mc_train, n_global, offset, n_part, state.generator,
+                                  state.device)
+        scale = world * n_part / n_global if world > 1 else 1.0
+        loss, reported = state.loss(rows.observations(features, v, idx), rows.z[idx], rows.labelled[idx], alpha,
+                                    config.n_mc_train, noise, scale, n_train)
         if state.step(loss):
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
+            total += float(reported.detach()) * n_part
+            n += n_part
+    if world > 1:
+        total, n = state.dist.all_reduce_sum([total, n])
     return total / max(n, 1)
 
 
@@ -548,7 +685,21 @@ def _epoch_bar(start: int, config: TrainConfig) -> Iterable[int]:
     return tqdm(epochs, desc="PhotoVAEz training", initial=start, total=config.epochs)
 
 
-def _report(state: TrainingState, train: TrainingArrays, val_idx: np.ndarray, alpha: float,
+def _sharded_validation_loss(state: TrainingState, data: TensorArrays, features: AffineFeatures, alpha: float,
+                             seed: int) -> float:
+    """:func:`validation_loss`; in a data-parallel run each process takes its slice of the rows
+    (its own seed) and the sums are all-reduced, so every process gets the same value."""
+    dist = state.dist
+    if dist.world_size == 1:
+        return validation_loss(state.model, data, features, alpha, seed)
+    n = len(data)
+    lo, hi = n * dist.rank // dist.world_size, n * (dist.rank + 1) // dist.world_size
+    part = validation_loss(state.model, data.take(slice(lo, hi)), features, alpha, seed + 7919 * dist.rank)
+    total, count = dist.all_reduce_sum([part * (hi - lo) if hi > lo else 0.0, hi - lo])
+    return total / count if count else math.nan
+
+
+def _report(state: TrainingState, n_labelled: int, n_unlabelled: int, val_idx: np.ndarray, alpha: float,
             t0: float) -> dict[str, Any]:
     """The report of :func:`train_sdgm`, logged."""
     skipper = state.skipper
@@ -564,12 +715,14 @@ def _report(state: TrainingState, train: TrainingArrays, val_idx: np.ndarray, al
         "n_skipped": skipper.n_skipped,
         "n_nonfinite": skipper.n_nonfinite,
         "skipped_fraction": skipper.skipped_fraction,
-        "n_labelled": int(train.labelled.sum()),
-        "n_unlabelled": int((~train.labelled).sum()),
+        "n_labelled": int(n_labelled),
+        "n_unlabelled": int(n_unlabelled),
         "n_validation": len(val_idx),
         "validation_index": val_idx,
         "alpha": alpha,
         "device": str(state.device),
+        "world_size": state.dist.world_size,
+        "rank": state.dist.rank,
         "wall_time_s": time.perf_counter() - t0,
     }
     log.info("trained %d epochs in %.1f s (best %d, val loss %.4f, %d/%d steps skipped)", state.epoch,
@@ -578,18 +731,21 @@ def _report(state: TrainingState, train: TrainingArrays, val_idx: np.ndarray, al
 
 
 def train_sdgm(
-    data: TrainingArrays,
+    data: TrainingArrays | TrainingStream,
     feature_map: tuple[np.ndarray, np.ndarray],
     model_config: ModelConfig,
     config: TrainConfig,
     sed_basis: Any = None,
+    distributed: DistContext | None = None,
 ) -> tuple[SDGM, dict[str, Any]]:
     """Train an SDGM on labelled + unlabelled galaxies.
 
     Parameters
     ----------
     data
-        Raw values, errors, redshifts and the labelled mask.
+        Raw values, errors, redshifts and the labelled mask in memory, or a
+        :class:`photovaez.streaming.TrainingStream` of files read chunk by chunk (its held-out
+        rows are the validation set; memory stays bounded by its chunk size).
     feature_map
         ``(W, c)`` of :func:`photovaez.features.affine_map` (features ``x = v @ W + c``).
     model_config, config
@@ -597,6 +753,9 @@ def train_sdgm(
     sed_basis
         The sed decoder's tables (:func:`photovaez.sed_decoder.sed_basis`); needed when
         ``model_config.decoder == "sed"``.
+    distributed
+        The data-parallel context (:mod:`photovaez.distributed`); default: that of an initialised
+        ``torch.distributed`` process group, else one process.  Only rank 0 writes checkpoints.
 
     Returns
     -------
@@ -605,36 +764,49 @@ def train_sdgm(
     report
         Training history and counters: per-epoch ``train_loss`` / ``val_loss``, ``best_epoch``,
         ``n_steps``, ``n_skipped``, ``skipped_fraction``, ``alpha``, ``validation_index`` (the
-        held-out rows of ``data``), ``wall_time_s``, ...
+        held-out rows of ``data``; empty for a stream, whose held-out rows are its
+        ``validation``), ``wall_time_s``, ...
     """
     t0 = time.perf_counter()
-    if data.labelled.sum() == 0:
-        raise ValueError("training needs at least one labelled galaxy (a finite redshift > 0)")
-    device = resolve_device(config.device)
-    train_idx, val_idx = validation_split(data, config.validation_fraction, config.seed)
-    train, val = data.subset(train_idx), data.subset(val_idx)
-    alpha = alpha_weight(int(train.labelled.sum()), int((~train.labelled).sum()))
-    state = TrainingState.create(model_config, config, train, device, sed_basis)
+    dist = distributed or DistContext.from_torch()
+    device = resolve_device(config.device, rank=dist.local_rank if dist.world_size > 1 else None)
+    if isinstance(data, TrainingStream):
+        val_idx = np.zeros(0, np.int64)
+        train: TrainingArrays | TrainingStream = data
+        val = TrainingArrays(*data.validation)
+        n_lab, n_unl = data.n_labelled, data.n_unlabelled
+        train_t: TensorArrays | StreamData = StreamData(data, device)
+    else:
+        if data.labelled.sum() == 0:
+            raise ValueError("training needs at least one labelled galaxy (a finite redshift > 0)")
+        train_idx, val_idx = validation_split(data, config.validation_fraction, config.seed)
+        train, val = data.subset(train_idx), data.subset(val_idx)
+        n_lab, n_unl = int(train.labelled.sum()), int((~train.labelled).sum())
+        train_t = TensorArrays.of(train, device)
+    alpha = alpha_weight(n_lab, n_unl)
+    state = TrainingState.create(model_config, config, train, device, sed_basis, dist)
     features = AffineFeatures.of(feature_map, device)
-    train_t, val_t = TensorArrays.of(train, device), TensorArrays.of(val, device)
+    val_t = TensorArrays.of(val, device)
 
     key = checkpoint_key(data, feature_map, model_config, config) if config.checkpoint_path else ""
     saved = load_checkpoint(config.checkpoint_path, key) if config.checkpoint_path else None
     if saved is not None:
         state.load_state_dict(saved)
         log.info("resuming training from %s after epoch %d", config.checkpoint_path, state.epoch)
-    bar = _epoch_bar(state.epoch, config)
+    bar = _epoch_bar(state.epoch, config) if dist.is_main else range(state.epoch, config.epochs)
     for _ in bar:
         train_loss = train_epoch(state, train_t, features, alpha, config)
-        val_loss = validation_loss(state.model, val_t, features, alpha, config.seed + 1)
+        val_loss = _sharded_validation_loss(state, val_t, features, alpha, config.seed + 1)
         state.end_epoch(train_loss, val_loss)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", best=state.best.epoch)
         if state.should_stop(config):
             log.info("early stopping at epoch %d (best %d)", state.epoch, state.best.epoch + 1)
             break
-        if state.checkpoint_due(config):
+        if state.checkpoint_due(config) and dist.is_main:
             save_checkpoint(config.checkpoint_path, {"key": key, **state.state_dict()})
-    if config.checkpoint_path and os.path.exists(config.checkpoint_path):
+    if config.checkpoint_path and os.path.exists(config.checkpoint_path) and dist.is_main:
         os.remove(config.checkpoint_path)  # training completed: a later run starts afresh
-    return state.best_model(), _report(state, train, val_idx, alpha, t0)
+    report = _report(state, n_lab, n_unl, val_idx, alpha, t0)
+    report["n_validation"] = len(val)
+    return state.best_model(), report

@@ -2,7 +2,8 @@
 
 * :class:`PhotoVAEzInformer` trains the model on a labelled table (``input``) and, optionally, an
   unlabelled table (``unlabeled``).  Rows of ``input`` whose redshift is NaN or <= 0 also count as
-  unlabelled galaxies.
+  unlabelled galaxies.  With ``stream_chunk_size`` > 0 and the inputs given as hdf5 / parquet
+  files, they are streamed chunk by chunk (:mod:`photovaez.streaming`) instead of read whole.
 * :class:`PhotoVAEzEstimator` gives the amortised PDFs q(z|x) on RAIL's grid
   ``linspace(zmin, zmax, nzbins)`` as a ``qp.interp`` ensemble, with ``zmode``, ``zmean``,
   ``zmedian``, ``n_nondetect``, ``n_bad_error`` and ``pdf_flag`` in the ancil table.
@@ -37,6 +38,7 @@ Configuration notes
 from __future__ import annotations
 
 import difflib
+import gc
 import inspect
 import math
 import os
@@ -297,9 +299,11 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         Parameters
         ----------
         training_data : TableLike
-            Training table (dict of arrays, DataFrame or a ``TableHandle``) with the feature
-            columns and ``redshift_col``.  Rows whose redshift is NaN or <= 0 are used as
-            unlabelled galaxies.
+            Training table (dict of arrays, DataFrame, a ``TableHandle`` or the path of an hdf5 /
+            parquet file) with the feature columns and ``redshift_col``.  Rows whose redshift is
+            NaN or <= 0 are used as unlabelled galaxies.  With ``stream_chunk_size`` > 0, files
+            (this one and ``unlabeled_data``) are streamed chunk by chunk instead of read whole
+            (:func:`photovaez.api.fit_streaming`).
         unlabeled_data : TableLike, optional
             Photometry without redshifts (any redshift column is ignored), used as unlabelled
             galaxies in the semi-supervised loss.  A path is read as a table.  ``None`` or
@@ -313,11 +317,15 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         PhotoVAEzModelHandle
             Handle of the trained model (a plain dict; see :mod:`photovaez.io`).
         """
-        self.set_data("input", training_data)
+        lazy = int(self.config.stream_chunk_size) > 0  # files are streamed by run(), not read here
+        if isinstance(training_data, (str, os.PathLike)):
+            self.set_data("input", None, path=os.fspath(training_data), do_read=not lazy)
+        else:
+            self.set_data("input", training_data)
         if isinstance(unlabeled_data, str) and unlabeled_data.strip().lower() in ("", "none"):
             unlabeled_data = None
         if isinstance(unlabeled_data, (str, os.PathLike)):
-            self.set_data("unlabeled", None, path=os.fspath(unlabeled_data))
+            self.set_data("unlabeled", None, path=os.fspath(unlabeled_data), do_read=not lazy)
         elif unlabeled_data is not None:
             self.set_data("unlabeled", unlabeled_data)
         self.validate()
@@ -325,10 +333,44 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
         self.finalize()
         return self.get_handle("model")
 
+    def _stream_paths(self) -> tuple[str, str | None] | None:
+        """The files of ``input`` and ``unlabeled`` when they are to be streamed
+        (``stream_chunk_size`` > 0 and ``input`` is a file not yet read into memory), else None."""
+        if int(self.config.stream_chunk_size) <= 0:
+            return None
+        paths = []
+        for tag in ("input", "unlabeled"):
+            handle = self.get_handle(tag, allow_missing=True)
+            path = None if handle is None or handle.path in (None, "None", "none", "") else os.fspath(handle.path)
+            if handle is not None and handle.has_data and handle.data is not None:
+                path = None  # already in memory
+            paths.append(path)
+        if paths[0] is None:
+            self.log.warning(f"{self.name}: stream_chunk_size is set but the input is not a file (it was given in "
+                             "memory): training from memory")
+            return None
+        unl = self.get_handle("unlabeled", allow_missing=True)
+        if paths[1] is None and unl is not None and unl.has_data and unl.data is not None:
+            self.log.warning(f"{self.name}: stream_chunk_size is set but unlabeled was given in memory: training "
+                             "from memory")
+            return None
+        return paths[0], paths[1]
+
     def run(self) -> None:
-        from photovaez.api import fit
+        from photovaez.api import fit, fit_streaming
         from rail.photovaez.data import rail_resolver
 
+        paths = self._stream_paths()
+        if paths is not None:
+            try:
+                self.model = fit_streaming(paths[0], paths[1], spec=self.feature_spec, model_config=self.model_config,
+                                           train_config=self.train_config, redshift_col=self.config.redshift_col,
+                                           resolve=rail_resolver, group=self.config.hdf5_groupname or "")
+            except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
+                raise _stage_error(self, exc) from exc
+            self._log_report()
+            self.add_data("model", self.model)
+            return
         training = self._table(self.get_data("input"))
         unlabeled = self._optional_input("unlabeled")
         if unlabeled is not None:
@@ -345,13 +387,16 @@ class PhotoVAEzInformer(_PhotoVAEzStageMixin, CatInformer):
             )
         except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
             raise _stage_error(self, exc) from exc
+        self._log_report()
+        self.add_data("model", self.model)
+
+    def _log_report(self) -> None:
         report = self.model.get("report", {})
         self.log.info(
             f"{self.name}: trained on {report.get('n_labelled')} labelled and {report.get('n_unlabelled')} "
             f"unlabelled galaxies, {report.get('epochs_run')} epochs, "
             f"{report.get('n_skipped')}/{report.get('n_steps')} steps skipped"
         )
-        self.add_data("model", self.model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,6 +487,10 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
     def _initialize_run(self) -> None:
         super()._initialize_run()
         self._run_device = self._device()
+        # RAIL's run() calls gc.collect() after every chunk; with torch, JAX and RAIL imported a
+        # full collection walks millions of long-lived objects (~0.25 s each time).  Freezing them
+        # for the run (gc.freeze) leaves those collections only the chunks' own objects.
+        gc.freeze()
 
     def input_iterator(self, tag: str, **kwargs: Any) -> Any:
         """RAIL's iterator, except for an input file with fewer chunks than processes (an empty
@@ -483,16 +532,21 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
             pdfs, ancil = estimate(self._predictor, table, self.zgrid, index_offset=start, device=self._run_device,
                                    **estimate_arguments(self.mode, self.estimate_config))
         except (KeyError, ValueError, TypeError) as exc:
+            gc.unfreeze()
             raise _stage_error(self, exc) from exc
-        ens = qp.Ensemble(qp.interp, data=dict(xvals=self.zgrid, yvals=pdfs))
+        # the PDFs are normalised already (photovaez.grid.normalise): qp need not do it again
+        ens = qp.Ensemble(qp.interp, data=dict(xvals=self.zgrid, yvals=pdfs, norm=False))
         ens.set_ancil(ancil)
         self._do_chunk_output(ens, start, end, first, data=table)
 
     def _finalize_run(self) -> None:
-        if self._output_handle is None:
-            # no chunk at all (an empty input table): write an empty ensemble
-            self._process_chunk(0, 0, self._empty_table(), True)
-        super()._finalize_run()
+        try:
+            if self._output_handle is None:
+                # no chunk at all (an empty input table): write an empty ensemble
+                self._process_chunk(0, 0, self._empty_table(), True)
+            super()._finalize_run()
+        finally:
+            gc.unfreeze()
 
     def _empty_table(self) -> dict:
         spec = self._predictor.spec
