@@ -138,8 +138,9 @@ class HDF5Reader(TableReader):
                 raise KeyError(f"hdf5 group {group!r} (hdf5_groupname) is not in {path!r}, and its top level has no "
                                f"columns; its top-level keys are {keys}")
             where = f"group {group!r} (hdf5_groupname)" if node is not self._file else "top level"
-            raise ValueError(f"{path!r}: its {where} holds no 1-d columns (a pandas/PyTables table is not read; "
-                             "write the columns as datasets, e.g. with tables_io)")
+            raise ValueError(f"{path!r}: its {where} holds no 1-d columns (its top-level keys are {keys}: set "
+                             "hdf5_groupname to the group of the table; a pandas/PyTables table is not read, write "
+                             "the columns as datasets, e.g. with tables_io)")
         lengths = {len(v) for v in cols.values()}
         if len(lengths) != 1:
             raise ValueError(f"{path!r}: its columns have different lengths {sorted(lengths)}")

@@ -491,8 +491,14 @@ class TrainingState:
         if dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            import inspect
+
+            # the buffers (redshift scale, the sed decoder's flux tables) are the same on every process
+            # and never change: no broadcast at each forward
+            params = inspect.signature(DistributedDataParallel).parameters
+            no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
             objective = DistributedDataParallel(_Objective(model), device_ids=[device.index] if device.type == "cuda"
-                                                else None, broadcast_buffers=False)
+                                                else None, **no_sync)
         steps_per_epoch = max(1, math.ceil(labels.n_train / config.batch_size))
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         schedule = _lr_lambda(config.epochs * steps_per_epoch, config.lr_warmup_epochs * steps_per_epoch,
@@ -685,18 +691,15 @@ def _epoch_bar(start: int, config: TrainConfig) -> Iterable[int]:
     return tqdm(epochs, desc="PhotoVAEz training", initial=start, total=config.epochs)
 
 
-def _sharded_validation_loss(state: TrainingState, data: TensorArrays, features: AffineFeatures, alpha: float,
-                             seed: int) -> float:
-    """:func:`validation_loss`; in a data-parallel run each process takes its slice of the rows
-    (its own seed) and the sums are all-reduced, so every process gets the same value."""
-    dist = state.dist
-    if dist.world_size == 1:
-        return validation_loss(state.model, data, features, alpha, seed)
-    n = len(data)
-    lo, hi = n * dist.rank // dist.world_size, n * (dist.rank + 1) // dist.world_size
-    part = validation_loss(state.model, data.take(slice(lo, hi)), features, alpha, seed + 7919 * dist.rank)
-    total, count = dist.all_reduce_sum([part * (hi - lo) if hi > lo else 0.0, hi - lo])
-    return total / count if count else math.nan
+def _shared_validation_loss(state: TrainingState, data: TensorArrays, features: AffineFeatures, alpha: float,
+                           seed: int) -> float:
+    """:func:`validation_loss`, the same on every process: in a data-parallel run rank 0's value
+    is all-reduced to every rank (each computes it on the bounded validation rows, with the same
+    draws, so the value is also that of one process)."""
+    value = validation_loss(state.model, data, features, alpha, seed)
+    if state.dist.world_size == 1:
+        return value
+    return state.dist.all_reduce_sum([value if state.dist.is_main else 0.0])[0]
 
 
 def _report(state: TrainingState, n_labelled: int, n_unlabelled: int, val_idx: np.ndarray, alpha: float,
@@ -796,7 +799,7 @@ def train_sdgm(
     bar = _epoch_bar(state.epoch, config) if dist.is_main else range(state.epoch, config.epochs)
     for _ in bar:
         train_loss = train_epoch(state, train_t, features, alpha, config)
-        val_loss = _sharded_validation_loss(state, val_t, features, alpha, config.seed + 1)
+        val_loss = _shared_validation_loss(state, val_t, features, alpha, config.seed + 1)
         state.end_epoch(train_loss, val_loss)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", best=state.best.epoch)
