@@ -489,14 +489,15 @@ class TrainingState:
         model.to(device)
         objective = None
         if dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
             import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
 
             # the buffers (redshift scale, the sed decoder's flux tables) are the same on every process
             # and never change: no broadcast at each forward
             params = inspect.signature(DistributedDataParallel).parameters
-            no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+                       else {"broadcast_buffers": False})
             objective = DistributedDataParallel(_Objective(model), device_ids=[device.index] if device.type == "cuda"
                                                 else None, **no_sync)
         steps_per_epoch = max(1, math.ceil(labels.n_train / config.batch_size))
