@@ -178,7 +178,7 @@ def test_support_restriction_keeps_the_posterior():
     x = sample_x(m, 3, seed=2)
     zgrid = np.linspace(0.0, 3.0, 61)  # z = 0 gets density 0
     full = P.grid_posterior(params, x, zgrid, n_importance=32, seed=1)
-    support = P.support_mask(zgrid, q_z_given_x_on_grid(m, x, zgrid, n_b=32, seed=1), 1e-3)
+    support = P.support_mask(zgrid, q_z_given_x_on_grid(params, x, zgrid, n_b=32, seed=1), 1e-3)
     part = P.grid_posterior(params, x, zgrid, n_importance=32, seed=1, support=support, max_rows=2000)
     assert np.all(full.pdf[:, 0] == 0) and np.all(full.n_evaluated == 60)
     assert np.all(part.n_evaluated <= 60)

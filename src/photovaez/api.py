@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig, TrainConfig
+from .config import EstimateConfig, ModelConfig, TrainConfig
 from .features import FeatureSpec, Photometry, Scaler, affine_map, clean_photometry, features, fit_scaler
 from .grid import normalise, point_estimates
 from .io import model_from_dict, model_to_dict, validate_model_dict
@@ -360,7 +360,7 @@ def _calibrate(model_dict: dict, phot: Photometry, ztrue: np.ndarray, tc: TrainC
     zgrid = redshift_grid(tc.zmin, tc.zmax, n_fine)
     pred = load_predictor(model_dict)
     x = features(phot, pred.spec, pred.scaler)
-    raw = q_z_given_x_on_grid(pred.model, x, zgrid, n_b=16, seed=tc.seed)
+    raw = q_z_given_x_on_grid(pred.jax_params, x, zgrid, n_b=EstimateConfig().n_b_samples, seed=tc.seed)
     cal = fit_temperature(zgrid, normalise(zgrid, raw)[0], ztrue)
     log.info("calibration on %d validation galaxies: T = %.3f, PIT KS %.4f -> %.4f",
              cal["n"], cal["temperature"], cal["ks_before"], cal["ks_after"])

@@ -296,7 +296,8 @@ class EstimateConfig(Config):
                             "the same density), snis (self-normalised importance sampling), joint (NUTS on "
                             "(log z, a, b) with the explicit joint density) or auto (amortized inside the "
                             "labelled data's support, snis outside it; ancil pdf_source and auto_reason)")
-    n_b_samples: int = option(16, "amortized mode: b samples in the mixture q(z|x) = mean_k q(z|b_k, x)")
+    n_b_samples: int = option(8, "amortized mode: b draws in the mixture q(z|x) = mean_k q(z|b_k, x) (antithetic "
+                              "orthogonal pairs, photovaez.amortised.b_draws)")
     n_importance: int = option(0, "grid/hmc/snis/auto: importance samples N per galaxy (0 = the mode's default: "
                                "grid 256, hmc 64, snis and auto 512 per round)")
     n_importance_px: int = option(0, "samples of the IWAE log p(x) written to the ancil as log_px (0 = the mode's "

@@ -9,7 +9,7 @@ one entry point; the RAIL estimator only maps its configuration onto it.
 ========== ==================================================================== ============
 mode       PDF                                                                  n_samples
 ========== ==================================================================== ============
-amortised  q(z|x), a mixture of log-normals q(z|b_k, x), b_k ~ q(b|x), with the  16 (b draws)
+amortised  q(z|x), a mixture of log-normals q(z|b_k, x), b_k ~ q(b|x), with the  8 (b draws)
            model's calibration temperature (:mod:`photovaez.amortised`)
 grid       p(z|x) from the importance-sampled log p(x, z) on the grid           256
            (:func:`photovaez.posterior.grid_posterior`)
@@ -90,11 +90,10 @@ class Mode(NamedTuple):
 def _amortised(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
                device: str) -> ModeResult:
     from .amortised import q_z_given_x_on_grid
-    from .calibration import apply_temperature
 
-    raw = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_samples, seed=seed, device=device)
-    pdf, flag = apply_temperature(zgrid, raw, predictor.temperature)
-    return ModeResult(pdf, {}, flag)
+    pdf = q_z_given_x_on_grid(predictor.jax_params, x, zgrid, n_b=n_samples, seed=seed,
+                              temperature=predictor.temperature, device=device)
+    return ModeResult(pdf, {}, np.zeros(len(x), np.int8))
 
 
 def _grid(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
@@ -104,7 +103,7 @@ def _grid(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed
 
     support = None
     if support_tol:
-        amortised = q_z_given_x_on_grid(predictor.model, x, zgrid, n_b=n_b_support, seed=seed, device=device)
+        amortised = q_z_given_x_on_grid(predictor.jax_params, x, zgrid, n_b=n_b_support, seed=seed, device=device)
         support = post.support_mask(zgrid, amortised, support_tol)
     r = post.grid_posterior(predictor.jax_params, x, zgrid, n_importance=n_samples, seed=seed, support=support,
                             index_offset=index_offset, **settings)
@@ -158,7 +157,7 @@ AUTO_REASONS = {
 
 
 def _auto(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed: int, index_offset: int,
-          device: str, n_b: int = 16, check_quantile: float = 0.95, support_quantile: float = 0.99,
+          device: str, n_b: int = 8, check_quantile: float = 0.95, support_quantile: float = 0.99,
           max_dcdf: float = 0.4, calibrate: bool = True, **settings: Any) -> ModeResult:
     """Per galaxy, the amortised q(z|x) or the model posterior (snis), with the reason.
 
@@ -202,7 +201,7 @@ def _auto(predictor: Any, x: np.ndarray, zgrid: np.ndarray, n_samples: int, seed
 _SNIS_KEYS = {"snis_defensive": "defensive", "snis_min_ess": "min_ess", "snis_max_rounds": "max_rounds",
               "use_posterior_calibration": "calibrate"}
 MODES: dict[str, Mode] = {
-    "amortised": Mode("amortised", _amortised, default_n_samples=16, default_n_log_px=0, samples_key="n_b_samples"),
+    "amortised": Mode("amortised", _amortised, default_n_samples=8, default_n_log_px=0, samples_key="n_b_samples"),
     "grid": Mode("grid", _grid, default_n_samples=256, default_n_log_px=256, ancil=("ess_at_mode",),
                  config_keys={"support_tol": "support_tol"}),
     "hmc": Mode("hmc", _hmc, default_n_samples=64, default_n_log_px=256, ancil=("divergences", "ess"),

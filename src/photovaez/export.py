@@ -50,8 +50,10 @@ __all__ = [
     "NETWORKS",
     "export_params",
     "soft_clamp",
+    "activation_function",
     "mlp_hidden",
     "gaussian_mlp",
+    "gaussian_head",
     "z_input",
     "q_b_given_x",
     "q_z_given_bx",
@@ -104,7 +106,8 @@ class StaticConfig:
                 "p_b_given_az": self.dim_b, "p_x_given_abz": self.dim_x}[net]
 
 
-def _activation(name: str):
+def activation_function(name: str):
+    """The hidden-layer nonlinearity called ``name`` (:data:`photovaez.config.ACTIVATIONS`) as a JAX function."""
     if name == "silu":
         return jax.nn.silu
     if name == "tanh":
@@ -155,7 +158,7 @@ def export_params(model_dict: Mapping[str, Any], dtype: Any = jnp.float32) -> di
         logvar_max=float(mc.logvar_max), x_logvar_min=float(mc.x_logvar_min), decoder=decoder, prior=prior,
         n_bands=int(mc.n_bands), sed_uses_b=bool(mc.sed_uses_b), dim_obs=int(mc.dim_obs),
     )
-    _activation(static.activation)
+    activation_function(static.activation)
     params: dict[str, Any] = {net: _net_params(state, f"{net}_net", dtype) for net in static.networks}
     scalars = ("logz_mean", "logz_std") + (("prior_mu_z", "prior_log_sigma2_z") if prior == "lognormal" else ())
     for name in scalars:
@@ -199,7 +202,7 @@ def mlp_hidden(layers: Any, activation: str, h: jnp.ndarray) -> jnp.ndarray:
     ``W`` is in (in, out) layout; ``activation`` is a name of :data:`photovaez.model.ACTIVATIONS`.
     The output layer (no activation) is the caller's.
     """
-    act = _activation(activation)
+    act = activation_function(activation)
     for w, c in layers:
         h = act(h @ w + c)
     return h
@@ -220,7 +223,14 @@ def gaussian_mlp(net: Mapping[str, Any], static: StaticConfig, name: str, *input
     *inputs
         Arrays with a common batch shape; concatenated along the last axis.
     """
-    h = mlp_hidden(net["layers"], static.activation, jnp.concatenate(inputs, axis=-1))
+    return gaussian_head(net, static, name, mlp_hidden(net["layers"], static.activation,
+                                                       jnp.concatenate(inputs, axis=-1)))
+
+
+def gaussian_head(net: Mapping[str, Any], static: StaticConfig, name: str, h: jnp.ndarray
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The output layer of :func:`gaussian_mlp` on the last hidden layer ``h``: mean and the
+    ``soft_clamp``-ed log-variance (broadcast to the mean's shape when shared)."""
     w, c = net["head"]
     h = h @ w + c
     d = static.out_dim(name)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["redshift_grid", "cell_edges", "normalise", "normalise_log", "point_estimates", "cdf_on_grid"]
+__all__ = ["redshift_grid", "cell_edges", "trapezoid_weights", "normalise", "normalise_log", "point_estimates",
+           "cdf_on_grid"]
 
 
 def redshift_grid(zmin: float, zmax: float, nzbins: int) -> np.ndarray:
@@ -28,20 +29,30 @@ def cell_edges(zgrid: np.ndarray) -> np.ndarray:
     return np.concatenate([[max(first, 0.0)], mids, [last]])
 
 
+def trapezoid_weights(zgrid: np.ndarray) -> np.ndarray:
+    """Weights ``w`` with ``pdf @ w`` = the trapezoid integral of each row on ``zgrid``."""
+    dz = np.diff(np.asarray(zgrid, np.float64))
+    w = np.zeros(len(dz) + 1)
+    w[:-1] += 0.5 * dz
+    w[1:] += 0.5 * dz
+    return w
+
+
 def normalise(zgrid: np.ndarray, pdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Normalise densities on the grid to unit trapezoid integral.
 
-    Returns the normalised PDFs and a flag per row: 1 where the input was not finite or had no
-    mass (that row is returned flat, the uninformative PDF), else 0.
+    Returns the normalised PDFs (float64) and a flag per row: 1 where the input was not finite or
+    had no mass or a negative value (that row is returned flat, the uninformative PDF), else 0.
     """
     pdf = np.asarray(pdf, dtype=np.float64)
-    bad = ~np.all(np.isfinite(pdf), axis=1) | np.any(pdf < 0, axis=1)
-    pdf = np.where(bad[:, None], 0.0, pdf)
-    norm = np.trapezoid(pdf, zgrid, axis=1)
-    bad |= ~(norm > 0)
-    pdf = np.where(bad[:, None], 1.0, pdf)
-    norm = np.trapezoid(pdf, zgrid, axis=1)
-    return pdf / norm[:, None], bad.astype(np.int8)
+    w = trapezoid_weights(zgrid)
+    norm = pdf @ w  # NaN or +-inf anywhere in a row makes its integral non-finite
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(norm) & (norm > 0)) | (pdf.min(axis=1, initial=0.0) < 0)
+    out = pdf / np.where(bad, 1.0, norm)[:, None]
+    if bad.any():
+        out[bad] = 1.0 / w.sum()
+    return out, bad.astype(np.int8)
 
 
 def normalise_log(zgrid: np.ndarray, log_pdf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,9 +80,12 @@ def normalise_log(zgrid: np.ndarray, log_pdf: np.ndarray) -> tuple[np.ndarray, n
 
 def cdf_on_grid(zgrid: np.ndarray, pdf: np.ndarray) -> np.ndarray:
     """Cumulative trapezoid integral of normalised PDFs, (N, len(zgrid)), ending at 1."""
-    inc = 0.5 * (pdf[:, 1:] + pdf[:, :-1]) * np.diff(zgrid)[None, :]
-    cdf = np.concatenate([np.zeros((pdf.shape[0], 1)), np.cumsum(inc, axis=1)], axis=1)
-    return cdf / np.maximum(cdf[:, -1:], 1e-300)
+    dz = np.diff(zgrid)
+    cdf = np.empty(pdf.shape)
+    cdf[:, 0] = 0.0
+    np.cumsum((pdf[:, 1:] + pdf[:, :-1]) * (0.5 * dz)[None, :], axis=1, out=cdf[:, 1:])
+    cdf /= np.maximum(cdf[:, -1:], 1e-300)
+    return cdf
 
 
 def point_estimates(zgrid: np.ndarray, pdf: np.ndarray) -> dict[str, np.ndarray]:
@@ -86,9 +100,10 @@ def point_estimates(zgrid: np.ndarray, pdf: np.ndarray) -> dict[str, np.ndarray]
     dz = zgrid[kc + 1] - zgrid[kc]
     shift = np.where((denom < 0) & (k == kc), 0.5 * (ym - yp) / np.where(denom < 0, denom, -1.0), 0.0)
     zmode = np.where(k == kc, zgrid[kc] + np.clip(shift, -0.5, 0.5) * dz, zgrid[k])
-    zmean = np.trapezoid(pdf * zgrid[None, :], zgrid, axis=1) / np.trapezoid(pdf, zgrid, axis=1)
+    w = trapezoid_weights(zgrid)
+    zmean = (pdf @ (w * zgrid)) / (pdf @ w)
     cdf = cdf_on_grid(zgrid, pdf)
-    j = np.clip(np.argmax(cdf >= 0.5, axis=1), 1, nz - 1)
+    j = np.clip((cdf < 0.5).sum(axis=1), 1, nz - 1)  # the first point with cdf >= 0.5 (cdf is non-decreasing)
     c0, c1 = cdf[rows, j - 1], cdf[rows, j]
     t = np.where(c1 > c0, (0.5 - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0)
     zmedian = zgrid[j - 1] + t * (zgrid[j] - zgrid[j - 1])

@@ -20,17 +20,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr
 
 from .grid import cell_edges
 
-__all__ = ["lognormal_mixture_on_grid", "silverman_bandwidth", "kde_on_grid"]
+__all__ = ["cell_masses", "split_float64", "lognormal_mixture_on_grid", "silverman_bandwidth", "kde_on_grid"]
 
 _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+_INV_SQRT_2 = float(1.0 / np.sqrt(2.0))
 _SIMPSON_MAX_WIDTH = 0.25  # Simpson where width x (1 + |t|) is below this (cell width in units of the scale)
 
 
-def _split(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_float64(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float64 -> (hi, lo) float32 with hi + lo = v to ~1e-14 (lo = 0 where v is infinite)."""
     hi = v.astype(np.float32)
     with np.errstate(invalid="ignore"):
@@ -38,12 +38,17 @@ def _split(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
-@jax.jit
-def _cell_masses(loc_hi: jnp.ndarray, loc_lo: jnp.ndarray, scale: jnp.ndarray, weights: jnp.ndarray,
-                 edge_hi: jnp.ndarray, edge_lo: jnp.ndarray, log_widths: jnp.ndarray) -> jnp.ndarray:
+def cell_masses(loc_hi: jnp.ndarray, loc_lo: jnp.ndarray, scale: jnp.ndarray, weights: jnp.ndarray,
+                edge_hi: jnp.ndarray, edge_lo: jnp.ndarray, log_widths: jnp.ndarray) -> jnp.ndarray:
     """(G, nz) sum_k w_k P(u_k in cell) for components (G, K) and log cell edges (nz + 1,), both
-    given as float32 (hi, lo) pairs so that the standardised edges keep float64-like accuracy, and
-    the cells' widths in log z (nz,), exact rather than a difference of nearby edges."""
+    given as float32 (hi, lo) pairs (:func:`split_float64`) so that the standardised edges keep
+    float64-like accuracy, and the cells' widths in log z (nz,), exact rather than a difference of
+    nearby edges.  A pure JAX function (jit it, or call it inside a jitted one).
+
+    Each edge needs one normal density and one normal CDF, that of the smaller tail
+    ``s = Phi(-|t|) = erfc(|t| / sqrt 2) / 2``: a cell above the median has mass ``s_lo - s_hi``, one below it
+    ``s_hi - s_lo``, the one across it ``1 - s_hi - s_lo``, none of them a difference of two
+    numbers near 1."""
     diff = (edge_hi[None, None, :] - loc_hi[..., None]) + (edge_lo[None, None, :] - loc_lo[..., None])
     t = diff / scale[..., None]  # (G, K, nz + 1)
     lo, hi = t[..., :-1], t[..., 1:]
@@ -51,9 +56,14 @@ def _cell_masses(loc_hi: jnp.ndarray, loc_lo: jnp.ndarray, scale: jnp.ndarray, w
     density = jnp.exp(-0.5 * t**2) * _INV_SQRT_2PI
     mid = jnp.exp(-0.125 * (lo + hi) ** 2) * _INV_SQRT_2PI
     simpson = width * (density[..., :-1] + 4.0 * mid + density[..., 1:]) / 6.0
-    tails = jnp.where(lo > 0, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo))
+    small = 0.5 * jax.lax.erfc(jnp.abs(t) * _INV_SQRT_2)
+    s_lo, s_hi = small[..., :-1], small[..., 1:]
+    tails = jnp.where(lo > 0, s_lo - s_hi, jnp.where(hi <= 0, s_hi - s_lo, 1.0 - s_hi - s_lo))
     mass = jnp.where(width * (1.0 + jnp.abs(0.5 * (lo + hi))) < _SIMPSON_MAX_WIDTH, simpson, tails)
     return jnp.einsum("gk,gkn->gn", weights, mass)
+
+
+_cell_masses = jax.jit(cell_masses)
 
 
 def lognormal_mixture_on_grid(loc: np.ndarray, scale: np.ndarray, zgrid: np.ndarray,
@@ -84,9 +94,9 @@ def lognormal_mixture_on_grid(loc: np.ndarray, scale: np.ndarray, zgrid: np.ndar
     edges = cell_edges(np.asarray(zgrid, np.float64))
     with np.errstate(divide="ignore"):
         log_edges = np.log(edges)
-        edge_hi, edge_lo = _split(log_edges)
+        edge_hi, edge_lo = split_float64(log_edges)
         log_widths = np.where(np.isfinite(log_edges[:-1]), np.diff(log_edges), np.inf).astype(np.float32)
-    loc_hi, loc_lo = _split(loc)
+    loc_hi, loc_lo = split_float64(loc)
     step = max(1, int(chunk_rows) // max(K * len(edges), 1))
     out = np.empty((G, len(zgrid)))
     for s in range(0, G, step):
