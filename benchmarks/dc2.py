@@ -70,6 +70,7 @@ import time
 import numpy as np
 
 from photovaez.config import DECODERS as _MODEL_DECODERS
+from photovaez.config import EstimateConfig
 from photovaez.metrics import POINT_METRICS, metric_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -529,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="maximum training epochs (default: photovaez.train.TrainConfig().epochs)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="output folder for dc2.json, dc2.md, figures/")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-b", dest="n_b", type=int, default=16, help="draws of b per amortised PDF")
+    ap.add_argument("--n-b", dest="n_b", type=int, default=EstimateConfig().n_b_samples,
+                    help="draws of b per amortised PDF")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-figures", action="store_true")
     ap.add_argument("--jobs", type=int, default=1,

@@ -48,13 +48,16 @@ MAX_DRAW_ERR = 2.0
 log = logging.getLogger("stream_train")
 
 
-def synthesise(path: str, n_rows: int, seed: int = 0, block: int = 200_000) -> None:
-    """Write ``n_rows`` resampled DC2 training galaxies (no redshift) to ``path``, block by block."""
+def synthesise(path: str, n_rows: int, seed: int = 0, block: int = 200_000, source: dict | None = None) -> None:
+    """Write ``n_rows`` resampled galaxies of ``source`` (default: the DC2 training table) without
+    redshift to ``path``, block by block."""
     import h5py
 
-    from rail.photovaez.data import read_dc2
+    if source is None:
+        from rail.photovaez.data import read_dc2
 
-    src = read_dc2("training")
+        source = read_dc2("training")
+    src = source
     src = {c: np.asarray(src[c], np.float32) for c in BANDS + ERRS}
     n_src = len(src[BANDS[0]])
     rng = np.random.default_rng(seed)

@@ -23,8 +23,10 @@ from photovaez.model import ModelConfig
 from photovaez.train import TrainConfig, TrainingArrays, train_sdgm
 
 SMALL = ModelConfig(dim_x=11, dim_a=3, dim_b=3, hidden=[16, 16], decoder="mlp")
+# float32: W processes equal one process to float rounding; bfloat16 matrix products of half-batches
+# round differently from whole ones (TrainConfig.precision)
 CFG = dict(epochs=2, batch_size=64, progress=False, validation_fraction=0.2, seed=5, device="cpu",
-           grad_skip_warmup=3, min_epochs=2)
+           grad_skip_warmup=3, min_epochs=2, precision="float32")
 SKIP_THRESHOLD = 1e6  # far above this model's gradient norms (~10-100), far below the planted one
 PLANT_STEP = 3
 

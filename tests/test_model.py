@@ -104,3 +104,26 @@ def test_b_samples_and_latent_means_follow_the_encoder_distributions():
     assert not torch.allclose(m.q_z_given_bx(b2, x).loc, m.q_z_given_bx(q_b.mean, x).loc)
     a = mu_a
     assert not torch.allclose(m.p_x_given_abz(a, mu_b, z).mean, m.p_x_given_abz(a, mu_b, z + 0.5).mean)
+
+
+def test_bfloat16_hidden_layers_keep_float32_outputs_and_gradients():
+    from photovaez.config import TrainConfig
+    from photovaez.train import hidden_precision
+
+    torch.manual_seed(0)
+    net = GaussianMLP(5, 3, hidden=[64, 32])
+    x = torch.randn(200, 5)
+    mu32, lv32 = net(x)
+    net.hidden_dtype = torch.bfloat16
+    mu16, lv16 = net(x)
+    assert mu16.dtype == torch.float32 and lv16.dtype == torch.float32  # the head runs in float32
+    assert not torch.equal(mu16, mu32)  # the hidden layers really ran in bfloat16 ...
+    torch.testing.assert_close(mu16, mu32, atol=0.02 * mu32.abs().max().item(), rtol=0)  # ... to its precision
+    mu16.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+    assert hidden_precision("float32", torch.device("cpu")) is None
+    assert hidden_precision("bfloat16", torch.device("cpu")) is torch.bfloat16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert hidden_precision("auto", torch.device("cpu")) is (torch.bfloat16 if native else None)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")

@@ -18,8 +18,8 @@ On DC2, 8 such draws match the converged mixture (2,048 draws) better than 16 in
 Work per galaxy (hidden widths h_1..h_L, D_x features, B = dim b): q(b|x) once, ``D_x h_1 + sum
 h_l h_{l+1} + h_L (B + 1)`` multiply-adds; q(z|b,x) K times, but the x-part of its first layer
 (``x W_x + c + mu_b W_b``) once and only ``B h_1`` per draw; then K x (nz + 1) normal CDFs / densities
-on the grid.  With the defaults (512, 256, 128; D_x = 11, B = 10, K = 8) that is 1.6 million
-multiply-adds (3.2 MFLOP) per galaxy: :func:`flops_per_galaxy`.
+on the grid.  With the defaults (512, 256, 128; D_x = 11, B = 10, K = 8) that is 1.5 million
+multiply-adds (3.1 MFLOP) per galaxy: :func:`flops_per_galaxy`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from .mixture import cell_masses, split_float64
 
 __all__ = ["b_draws", "flops_per_galaxy", "jax_device", "q_z_given_x_components", "q_z_given_x_on_grid"]
 
-_ROWS_PER_CALL = 4096  # galaxies per compiled call (the last chunk is padded: one compiled shape)
+_ROWS_PER_CALL = 4096  # at most this many galaxies per compiled call (the calls of a table are padded to one shape)
+_ELEMENTS_PER_CALL = 2**24  # and at most this many (galaxy, draw, cell edge) terms: memory bounded on fine grids
 
 
 def b_draws(n_b: int, dim_b: int, seed: int) -> np.ndarray:
@@ -143,8 +144,9 @@ def _run(params: Mapping[str, Any], x: np.ndarray, eps: np.ndarray, args: tuple,
          with_grid: bool, width: int) -> list[np.ndarray]:
     x = np.asarray(x, np.float32)
     n = len(x)
-    # equal calls of at most _ROWS_PER_CALL rows, rounded up to a multiple of 512: little padding, few shapes
-    n_calls = max(1, -(-n // _ROWS_PER_CALL))
+    # equal calls of at most max_rows rows, rounded up to a multiple of 512: little padding, few shapes
+    max_rows = max(512, min(_ROWS_PER_CALL, _ELEMENTS_PER_CALL // (len(eps) * (width + 1)) // 512 * 512))
+    n_calls = max(1, -(-n // max_rows))
     rows = -(-max(-(-n // n_calls), 1) // 512) * 512
     outs: list[list[np.ndarray]] = []
     with jax.default_device(jax_device(device)):

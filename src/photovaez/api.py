@@ -295,7 +295,7 @@ def _fit_posterior_tools(model_dict: dict, phot: Photometry, labelled: np.ndarra
 
 
 def _calibrate_posterior(model_dict: dict, phot: Photometry, ztrue: np.ndarray, tc: TrainConfig,
-                         max_galaxies: int = 1000) -> dict:
+                         max_galaxies: int = 500) -> dict:
     """Temperature of the snis model posterior (its default settings) fitted on up to
     ``max_galaxies`` labelled validation galaxies, on ``[zmin, zmax]`` with spacing <= 0.005."""
     from . import posterior as post

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 __all__ = ["option", "Option", "options", "Config", "ModelConfig", "TrainConfig", "EstimateConfig", "ACTIVATIONS",
-           "DECODERS", "REDSHIFT_PRIORS"]
+           "DECODERS", "REDSHIFT_PRIORS", "PRECISIONS"]
 
 ACTIVATIONS = ("silu", "tanh", "relu", "gelu")
 DECODERS = ("mlp", "sed")
 REDSHIFT_PRIORS = ("auto", "lognormal", "bpz")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def option(default: Any, help: str, *, internal: bool = False) -> Any:
@@ -225,6 +226,10 @@ class TrainConfig(Config):
     min_epochs: int = option(20, "epochs before early stopping may stop training")
     seed: int = option(0, "random seed (weights, batches, resampling, validation split)")
     device: str = option("auto", "auto (GPU when available; under MPI rank % n_gpus), cpu, cuda or cuda:k")
+    precision: str = option("auto", "the networks' hidden layers in training: bfloat16 (autocast; the output "
+                            "layers, fluxes, densities and weights stay float32), float32, or auto = bfloat16 where "
+                            "the CPU multiplies bf16 natively (AVX512-BF16 / AMX) or on a GPU with bf16, else "
+                            "float32")
     progress: bool = option(True, "show a progress bar while training")
     calibrate: bool = option(True, "fit a temperature for the amortised PDFs on the labelled validation galaxies "
                              "(PIT made uniform on linspace(zmin, zmax)); stored in the model and applied when "
@@ -240,11 +245,11 @@ class TrainConfig(Config):
                                   "uninterrupted run would (CPU, same seed); removed when training completes; "
                                   "'' = no checkpoints")
     checkpoint_every: int = option(1, "epochs between training checkpoints")
-    proposal_steps: int = option(100, "Adam steps fitting the importance proposal's temperatures after training "
+    proposal_steps: int = option(40, "Adam steps fitting the importance proposal's temperatures after training "
                                  "(photovaez.proposal: the posterior modes' ESS); 0 = the untempered encoder")
     calibrate_posterior: bool = option(True, "fit a temperature for the snis model posterior on the labelled "
                                        "validation galaxies (the snis and auto modes apply it); costs one snis "
-                                       "run on up to 1,000 galaxies")
+                                       "run on up to 500 galaxies")
     support_k: int = option(8, "neighbour rank of the labelled-support distance stored in the model "
                             "(photovaez.support; the auto mode's extrapolation test)")
     stream_chunk_size: int = option(0, "train from files chunk by chunk (photovaez.streaming; the informer's input "
@@ -278,6 +283,8 @@ class TrainConfig(Config):
             raise ValueError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not self.zmax > self.zmin or self.nzbins < 2 or self.zmin < 0:
             raise ValueError(f"TrainConfig: invalid redshift range zmin={self.zmin}, zmax={self.zmax}, "
                              f"nzbins={self.nzbins} (need 0 <= zmin < zmax and nzbins >= 2)")

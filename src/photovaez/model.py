@@ -64,9 +64,16 @@ class GaussianMLP(nn.Module):
         self.head = nn.Linear(width, out_dim * 2 if per_dim_variance else out_dim + 1)
         self.logvar_min = logvar_min
         self.logvar_max = logvar_max
+        self.hidden_dtype: torch.dtype | None = None  # set by SDGM.set_hidden_precision
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.head(self.body(torch.cat(inputs, dim=-1)))
+        x = torch.cat(inputs, dim=-1)
+        if self.hidden_dtype is None:
+            h = self.head(self.body(x))
+        else:  # hidden layers in the lower precision (autocast), the head in float32 on float32 inputs
+            with torch.autocast(x.device.type, dtype=self.hidden_dtype):
+                hidden = self.body(x)
+            h = self.head(hidden.to(x.dtype))
         mu, raw = h[..., : self.out_dim], h[..., self.out_dim :]
         logvar = soft_clamp(raw, self.logvar_min, self.logvar_max).expand_as(mu)
         return mu, logvar
@@ -139,6 +146,14 @@ class SDGM(nn.Module):
         self.register_buffer("logz_std", torch.tensor(1.0))
 
     # -- helpers ---------------------------------------------------------------------------
+    def set_hidden_precision(self, dtype: torch.dtype | None) -> None:
+        """Run the hidden layers of every Gaussian MLP in ``dtype`` (``torch.bfloat16``, under
+        ``torch.autocast``) or, with None, in the parameters' float32.  The output layers, the
+        decoder's fluxes and every density stay float32; the parameters stay float32."""
+        for m in self.modules():
+            if isinstance(m, GaussianMLP):
+                m.hidden_dtype = dtype
+
     @property
     def reference_band(self) -> int | None:
         """Index of the reference band (m_ref, and the sed decoder's amplitude), from the config's

@@ -299,6 +299,10 @@ class RestFrameSEDDecoder(nn.Module):
         self.register_buffer("flux_table", torch.as_tensor(np.moveaxis(basis.flux, -1, 0), dtype=dtype))
         self.register_buffer("correction_table",
                              torch.as_tensor(np.moveaxis(basis.correction_flux, -1, 0), dtype=dtype))
+        # each grid interval's (value at its start, slope): one gather per interpolation; derived, not
+        # stored, and rebuilt whenever the tables are loaded
+        self._build_intervals()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._build_intervals())
         self.net = _mlp(self.a_dim + self.b_dim, list(hidden), n_t + n_k, activation)
         with torch.no_grad():  # start from the plain template mixture: zero correction
             self.net[-1].weight[n_t:].zero_()
@@ -306,6 +310,11 @@ class RestFrameSEDDecoder(nn.Module):
         self.intrinsic_raw = nn.Parameter(torch.tensor(_inverse_softplus(intrinsic_frac)))
         self.zero_point_delta = nn.Parameter(torch.zeros(basis.n_bands)) if zero_points else None
         self.to(dtype)
+
+    def _build_intervals(self) -> None:
+        for name in ("flux_table", "correction_table"):
+            t = getattr(self, name)
+            self.register_buffer(name + "_intervals", torch.stack([t[:-1], t[1:] - t[:-1]], dim=1), persistent=False)
 
     @property
     def intrinsic_frac(self) -> torch.Tensor:
@@ -320,14 +329,16 @@ class RestFrameSEDDecoder(nn.Module):
         n_t = self.basis.n_templates
         return torch.softmax(h[..., :n_t], dim=-1), self.correction_max * torch.tanh(h[..., n_t:])
 
-    def _interpolate(self, table: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """table (nz, ...) linearly interpolated at z (...) -> (z.shape, ...); z clamped to the grid."""
+    def _interpolate(self, intervals: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A table linearly interpolated at z (...) -> (z.shape, ...), z clamped to the grid, from its
+        ``intervals`` (nz - 1, 2, ...): each grid interval's value at its start and its slope per unit u."""
         grid = self.z_grid
         zc = torch.clamp(z, grid[0], grid[-1])
         k = torch.clamp(torch.searchsorted(grid, zc.detach().contiguous(), right=True) - 1, 0, len(grid) - 2)
         u = (zc - grid[k]) / (grid[k + 1] - grid[k])
-        u = u.reshape(u.shape + (1,) * (table.dim() - 1))
-        return table[k] * (1.0 - u) + table[k + 1] * u
+        pieces = torch.index_select(intervals, 0, k.reshape(-1)).view(k.shape + intervals.shape[1:])
+        u = u.reshape(u.shape + (1,) * (intervals.dim() - 2))
+        return torch.addcmul(pieces.select(k.dim(), 0), pieces.select(k.dim(), 1), u)
 
     def fluxes_of(self, w: torch.Tensor, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Model band fluxes (..., B) of mixture weights w (..., T) and corrections c (..., K) at z (...).
@@ -335,9 +346,9 @@ class RestFrameSEDDecoder(nn.Module):
         m_j = exp(delta_j) sum_t w_t [F_tj(z) + sum_k c_k G_tkj(z)], the tables interpolated linearly
         in z (differentiable in z; z outside the grid is clamped to its ends, with zero gradient).
         """
-        f = torch.einsum("...t,...tb->...b", w, self._interpolate(self.flux_table, z))
+        f = torch.einsum("...t,...tb->...b", w, self._interpolate(self.flux_table_intervals, z))
         if c.shape[-1]:
-            g = self._interpolate(self.correction_table, z)
+            g = self._interpolate(self.correction_table_intervals, z)
             f = f + torch.einsum("...t,...k,...tkb->...b", w, c, g)
         if self.zero_point_delta is not None:
             f = f * torch.exp(self.zero_point_delta)
