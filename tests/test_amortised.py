@@ -122,3 +122,17 @@ def test_flops_per_galaxy_counts_the_network_work():
     ours = flops_per_galaxy(params, 8, 300)["network_flops"]
     # XLA counts the dots (= ours) plus the elementwise work (activations, softplus clamps)
     assert ours <= cost["flops"] / 256 <= 1.6 * ours, (ours, cost["flops"] / 256)
+
+
+def test_jax_device_names():
+    import jax
+
+    from photovaez.amortised import jax_device
+
+    assert jax_device("cpu").platform == "cpu"
+    if jax.default_backend() != "gpu":
+        assert jax_device("auto").platform == "cpu"
+        with pytest.raises(ValueError, match="cuda:0"):
+            jax_device("cuda:0")
+    with pytest.raises(ValueError, match="tpu"):
+        jax_device("tpu")

@@ -35,13 +35,13 @@ def test_ceci_pipeline_end_to_end(tmp_path):
     yml = _load_builder().main([
         "--output-dir", str(out), "--n-train", "400", "--n-test", "300", "--n-unlabeled", "100",
         "--epochs", "3", "--hidden", "32,32", "--batch-size", "128", "--chunk-size", "128", "--device", "cpu",
-        "--posteriors", "amortized", "grid", "hmc", "--n-importance", "8", "--hmc-num-warmup", "30",
-        "--hmc-num-samples", "30", "--proposal-steps", "0", "--no-posterior-calibration",
+        "--posteriors", "amortized", "grid", "--n-importance", "8",  # hmc: in the stage tests (each stage
+        "--proposal-steps", "0", "--no-posterior-calibration",        # here is a process: ~10 s of imports)
     ])
     assert os.path.isfile(yml) and os.path.isfile(yml.replace(".yml", "_config.yml"))
     pipe = yaml.safe_load(Path(yml).read_text())
     assert sorted(s["classname"] for s in pipe["stages"]) == sorted(["PhotoVAEzInformer"] + [
-        "PhotoVAEzEstimator", "SingleEvaluator"] * 3)
+        "PhotoVAEzEstimator", "SingleEvaluator"] * 2)
     assert pipe["stages"][0]["aliases"]["unlabeled"] == "input_unlabeled"
 
     # the stages run as `python3 -m ceci ...`: put this interpreter first on the PATH
@@ -68,7 +68,7 @@ def test_ceci_pipeline_end_to_end(tmp_path):
     assert len(per_object["point_stats_ez_zmode_redshift"]) == 300
 
     # the model-posterior stages ran too, with their diagnostics in the ancil
-    for mode, keys in (("grid", {"log_px", "ess_at_mode"}), ("hmc", {"log_px", "divergences", "ess"})):
+    for mode, keys in (("grid", {"log_px", "ess_at_mode"}),):
         ens = qp.read(str(out / f"output_estimate_photovaez_{mode}.hdf5"))
         assert ens.npdf == 300 and keys <= set(ens.ancil), (mode, set(ens.ancil))
         np.testing.assert_allclose(np.trapezoid(ens.pdf(zgrid), zgrid, axis=1), 1.0, atol=1e-6)

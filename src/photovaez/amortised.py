@@ -25,6 +25,7 @@ multiply-adds (3.1 MFLOP) per galaxy: :func:`flops_per_galaxy`.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,11 +83,19 @@ def flops_per_galaxy(params: Mapping[str, Any], n_b: int, nz: int) -> dict[str, 
     return {"network_flops": 2 * (sum(qb) + x_part + n_b * per_draw), "grid_evaluations": n_b * (nz + 1)}
 
 
-def jax_device(device: str | None) -> Any:
+def jax_device(device: str | None, rank: int | None = None) -> Any:
     """The JAX device for a torch-style name: ``cpu``, ``cuda`` / ``gpu`` (the first GPU) or
-    ``cuda:k``; None or ``auto`` = JAX's default device.  A GPU name without a JAX GPU is an error."""
+    ``cuda:k``; None or ``auto`` = a GPU when JAX has one (GPU ``rank % n_gpus``, the rank from
+    ``rank`` or the usual MPI environment variables), else the CPU.  A GPU name without a JAX GPU
+    is an error."""
     if device is None or str(device) == "auto":
-        return jax.devices()[0]
+        if jax.default_backend() != "gpu":
+            return jax.devices("cpu")[0]
+        if rank is None:
+            rank = next((int(os.environ[v]) for v in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
+                         if v in os.environ), 0)
+        gpus = jax.devices("gpu")
+        return gpus[rank % len(gpus)]
     name = str(device)
     kind, _, index = name.partition(":")
     if kind == "cpu":

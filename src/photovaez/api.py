@@ -538,7 +538,7 @@ def latents(
     table: Mapping[str, Any],
     z: np.ndarray | None = None,
     zgrid: np.ndarray | None = None,
-    n_b: int = 16,
+    n_b: int = 0,
     seed: int = 0,
     batch_size: int = 4096,
 ) -> dict[str, np.ndarray]:
@@ -546,7 +546,8 @@ def latents(
 
     ``b`` is the mean of q(b|x); ``a`` is the mean of q(a|x, b, z) at that b and at ``z``: the
     given redshifts (e.g. the true ones) or, when ``z`` is None, the amortised ``zmode``
-    (:func:`estimate` on ``zgrid``, default ``linspace(0, 3, 301)``).  ``predictor`` may also be
+    (:func:`estimate` on ``zgrid``, default ``linspace(0, 3, 301)``, with ``n_b`` draws, 0 = the
+    amortised mode's default).  ``predictor`` may also be
     a model dict.
 
     Returns

@@ -480,9 +480,12 @@ class PhotoVAEzEstimator(_PhotoVAEzStageMixin, CatEstimator):
         return self.model
 
     def _device(self) -> str:
-        from photovaez.train import resolve_device
+        """The device the estimation runs on (JAX): ``device``, with ``auto`` = a GPU if JAX has
+        one (under MPI GPU rank % n_gpus), else the CPU (:func:`photovaez.amortised.jax_device`)."""
+        from photovaez.amortised import jax_device
 
-        return str(resolve_device(self.config.device, rank=self.rank if self.size > 1 else None))
+        dev = jax_device(self.config.device, rank=self.rank if self.size > 1 else None)
+        return "cpu" if dev.platform == "cpu" else f"cuda:{dev.id}"
 
     def _initialize_run(self) -> None:
         super()._initialize_run()
