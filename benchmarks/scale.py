@@ -64,8 +64,10 @@ def synthesise(path: str, n_rows: int, seed: int = 0, block: int = 200_000) -> N
             for b, err in zip(BANDS, ERRS):
                 m, sig = src[b][idx], src[err][idx]
                 detected = np.isfinite(m) & (np.abs(m) < 90)
-                # detections redrawn from their errors; non-detections (99) stay as they are
-                dsets[b][s:e] = np.where(detected, m + sig * rng.standard_normal(e - s).astype(np.float32), m)
+                # detections redrawn from their errors (the draw's width clipped at 2 mag, the features'
+                # max_mag_err: DC2's u errors reach 86 mag); non-detections (99) stay as they are
+                width = np.minimum(sig, 2.0)
+                dsets[b][s:e] = np.where(detected, m + width * rng.standard_normal(e - s).astype(np.float32), m)
                 dsets[err][s:e] = sig
 
 
