@@ -154,6 +154,8 @@ def main(argv=None) -> int:
                     help="PhotoVAEz maximum epochs (default: the stage's default)")
     ap.add_argument("--photovaez-hidden", dest="photovaez_hidden", default="",
                     help="PhotoVAEz hidden-layer widths, e.g. 16,16 (default: the stage's default)")
+    ap.add_argument("--photovaez-no-posterior-tools", dest="photovaez_no_posterior_tools", action="store_true",
+                    help="PhotoVAEz without the post-training proposal fit and posterior calibration (quick runs)")
     ap.add_argument("--n-train", dest="n_train", type=int, default=None,
                     help="random subset: at most this many labelled (and unlabelled) training rows")
     ap.add_argument("--n-test", dest="n_test", type=int, default=None,
@@ -226,6 +228,8 @@ def main(argv=None) -> int:
                 pv["epochs"] = int(args.photovaez_epochs)
             if args.photovaez_hidden:
                 pv["hidden"] = [int(h) for h in args.photovaez_hidden.split(",") if h]
+            if args.photovaez_no_posterior_tools:
+                pv.update(proposal_steps=0, calibrate_posterior=False)
             logging.info("scenario %s", s)
             yield s, dict(d, options=options, stage_options=per)
 

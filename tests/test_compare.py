@@ -32,7 +32,8 @@ def test_compare_runs_each_estimator_isolated(tmp_path):
     compare = _load_compare()
     rc = compare.main(["--estimators", "trainZ", "NoSuchEstimator", "PhotoVAEz", "--scenarios", "full",
                        "--n-train", "300", "--n-test", "200", "--photovaez-epochs", "2",
-                       "--photovaez-hidden", "16,16", "--timeout", "120", "--out", str(tmp_path)])
+                       "--photovaez-hidden", "16,16", "--photovaez-no-posterior-tools", "--timeout", "120",
+                       "--out", str(tmp_path)])
     assert rc == 1  # one estimator failed on purpose
     data = json.loads((tmp_path / "compare.json").read_text())
     res = data["results"]
@@ -75,7 +76,8 @@ def test_cli_compare_semi_supervised_split(cmp_files, capsys):
     rc = cli.main(["compare", str(d / "train.hdf5"), str(d / "test.hdf5"), "--out", str(d / "cmp"),
                    "--estimators", "trainZ,PhotoVAEz", "--nzbins", "151", "--timeout", "300",
                    "--set", "PhotoVAEz.epochs=2", "--set", "PhotoVAEz.hidden=[16,16]",
-                   "--set", "PhotoVAEz.device=cpu"])
+                   "--set", "PhotoVAEz.device=cpu", "--set", "PhotoVAEz.proposal_steps=0",
+                   "--set", "PhotoVAEz.calibrate_posterior=false"])
     out = capsys.readouterr().out
     assert rc == 0, out
     res = json.loads((d / "cmp" / "compare.json").read_text())["results"]

@@ -270,7 +270,10 @@ def test_device_auto_picks_one_gpu_per_mpi_rank(monkeypatch):
 
 
 def test_estimator_stage_uses_its_rank_for_the_device(monkeypatch):
-    """Under ceci --mpi the stage's comm gives the rank; each rank takes GPU rank % n_gpus."""
+    """Under ceci --mpi the stage's comm gives the rank; each rank takes GPU rank % n_gpus (of
+    JAX's GPUs: the estimation runs in JAX)."""
+    import jax
+
     from rail.estimation.algos.photovaez import PhotoVAEzEstimator
 
     class FakeComm:  # what ceci passes: an object with Get_rank / Get_size
@@ -283,7 +286,17 @@ def test_estimator_stage_uses_its_rank_for_the_device(monkeypatch):
         def Get_size(self):
             return self.size
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    class FakeGPU:
+        platform = "gpu"
+
+        def __init__(self, k):
+            self.id = k
+
+    real_devices = jax.devices
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda backend=None: [FakeGPU(k) for k in range(4)]
+                        if backend in (None, "gpu") else real_devices(backend))
     devices = [PhotoVAEzEstimator.make_stage(name=f"dev_rank{r}", comm=FakeComm(r, 6))._device() for r in range(6)]
     assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    one = PhotoVAEzEstimator.make_stage(name="dev_cpu", device="cpu")._device()
+    assert one == "cpu"
