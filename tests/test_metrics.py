@@ -262,3 +262,19 @@ def test_pit_of_one_and_of_extreme_galaxies():
     zt = np.array([0.0, 1.5, 3.0])
     np.testing.assert_allclose(M.pit_values(zg, pdfs, zt), norm.cdf(zt, mu, 0.1), atol=1e-6)
     np.testing.assert_allclose(M.pit_values(zg, pdfs[1:2], [1.55]), norm.cdf(1.55, 1.5, 0.1), atol=1e-4)
+
+
+def test_pit_on_a_grid_is_the_qp_ensembles_cdf():
+    # the direct computation against qp.interp's own CDF: an uneven grid, PDFs with mass at its first
+    # point (qp's cumulative integral puts y_0 dz_0 / 2 there), true values at the grid ends,
+    # on grid points, between them and NaN
+    rng = np.random.default_rng(3)
+    zgrid = np.sort(np.concatenate([[0.0, 3.0], rng.uniform(0.0, 3.0, 120)]))
+    pdfs = rng.uniform(0.0, 1.0, (12, len(zgrid))) + np.linspace(2.0, 0.0, len(zgrid))
+    ztrue = np.array([0.0, 3.0, zgrid[7], zgrid[50], 1.2345, 0.001, 2.999, np.nan, -1.0, 4.0, 0.5, 2.5])
+    import qp
+
+    ens = qp.Ensemble(qp.interp, data=dict(xvals=zgrid, yvals=pdfs))
+    want = np.asarray(ens.cdf(ztrue[:, None]), np.float64).reshape(-1)
+    want = np.where(np.isfinite(want), want, 0.0)
+    np.testing.assert_allclose(M.pit_values(zgrid, pdfs, ztrue), want, rtol=0, atol=1e-12)
