@@ -172,8 +172,8 @@ def pit_values(zgrid: np.ndarray | None, pdfs: Any, ztrue: np.ndarray) -> np.nda
 def _pit_on_grid(zgrid: np.ndarray, dens: np.ndarray, ztrue: np.ndarray) -> np.ndarray:
     """What :func:`_pit_from_ensemble` gives for the ``qp.interp`` ensemble of ``dens``, without
     building it: qp's cumulative integral (``y_0 dz_0 / 2`` at the first point, the cumulative
-    trapezoids from the second on), normalised to end at 1, interpolated linearly at each galaxy's own true redshift; 0 below
-    the grid, 1 above it, 0 for a NaN."""
+    trapezoids from the second on), normalised to end at 1, interpolated linearly at each
+    galaxy's own true redshift; 0 below the grid, 1 above it, 0 for a NaN."""
     ztrue = np.asarray(ztrue, dtype=np.float64).reshape(-1)
     if len(ztrue) != len(dens):
         raise ValueError(f"{len(dens)} PDFs but {len(ztrue)} true redshifts")
